@@ -1,0 +1,1 @@
+"""One module per concern; each exports ``COMMANDS``."""

@@ -1,0 +1,71 @@
+"""``profile``, ``space`` and ``presets``: the design space without running anything."""
+
+from __future__ import annotations
+
+import click
+
+from search_space import build_model, load_space, presets, profile as cost_profile
+from search_space.blocks import block_dict, iter_blocks
+
+from ..output import arch_options, emit, resolve_arch, table
+
+
+@click.command()
+@arch_options
+@click.option("--input-size", type=click.IntRange(8, 4096), help="override the input resolution")
+@click.option("--blocks", "show_blocks", is_flag=True, help="also list the cost of every block")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def profile(preset, arch_file, input_size, show_blocks, as_json):
+    """Cost model of an architecture: params, multiply-adds, MAC, peak activations."""
+    arch = resolve_arch(preset, arch_file)
+    p = cost_profile(arch, input_size)
+    out = {"name": arch.name, **p.summary()}
+    if preset and preset in presets.PUBLISHED:
+        out["published"] = presets.PUBLISHED[preset]
+    if show_blocks or as_json:
+        out["blocks"] = p.blocks
+    text = table([{"name": arch.name or "-", "input": p.input_size, "params": p.params,
+                   "MFLOPs": round(p.mflops, 2), "MAC (M elem)": round(p.mac / 1e6, 2),
+                   "peak act (MiB)": round(p.peak_activation_bytes / 2**20, 2)}])
+    if show_blocks:
+        text += "\n\n" + table([{"block": k, **v} for k, v in p.blocks.items()])
+    emit(out, as_json, text)
+
+
+@click.command()
+@click.argument("space_file", metavar="SPACE.yaml|NAME")
+@click.option("--sample", "n", type=click.IntRange(0, 100_000), default=0, help="draw N architectures")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def space(space_file, n, seed, as_json):
+    """Size and dimensions of a search space; optionally sample from it."""
+    sp = load_space(space_file)
+    samples = sp.sample(n, seed=seed) if n else []
+    out = {"name": sp.name, "size": sp.size(),
+           "dimensions": {d.name: list(d.choices) for d in sp.open_dimensions},
+           "samples": [dict(a.to_dict(), **cost_profile(a).summary()) for a in samples]}
+    lines = [f"space {sp.name}: {sp.size():,} architectures, {len(sp.open_dimensions)} open dimensions"]
+    lines += [f"  {d.name}: {list(d.choices)}" for d in sp.open_dimensions]
+    if samples:
+        lines.append("")
+        lines.append(table([{"#": i, "stages (unit/ch/depth/k)": " ".join(
+            f"{s.unit}/{s.channels}/{s.depth}/{s.kernel}" for s in a.stages),
+            "params": cost_profile(a).params, "MFLOPs": round(cost_profile(a).mflops, 2)}
+            for i, a in enumerate(samples)]))
+    emit(out, as_json, "\n".join(lines))
+
+
+@click.command(name="presets")
+@click.option("--json", "as_json", is_flag=True)
+def presets_cmd(as_json):
+    """List the published networks available as presets."""
+    rows = []
+    for name, arch in presets.PRESETS.items():
+        p = cost_profile(arch)
+        rows.append({"name": name, "input": arch.input_size, "classes": arch.num_classes,
+                     "params": p.params, "MFLOPs": round(p.mflops, 2),
+                     "paper MFLOPs": presets.PUBLISHED.get(name, {}).get("mflops")})
+    emit(rows, as_json, table(rows))
+
+
+COMMANDS = [profile, space, presets_cmd]
