@@ -1,0 +1,73 @@
+"""Datasets for proxy training, held in memory as uint8 tensors.
+
+>>> from evaluators.data import load_dataset, batches
+>>> d = load_dataset("digits", input_size=32)          # 8x8 grey -> 32x32 RGB
+>>> x, y = next(batches(d.train, 64, shuffle=True, augment=True,
+...                     generator=None, mean=d.mean, std=d.std))
+
+A dataset is named by one spec string (see :class:`DatasetSpec`). The
+validation split is held out of the official training set; the test split
+is only for a final check after a search.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .errors import DataError
+from .spec import DatasetSpec
+from .tensors import DataSplits, RawDataset, TensorData, adapt, batches, channel_stats
+
+__all__ = ["DatasetSpec", "DataSplits", "TensorData", "DataError", "load_dataset", "load_raw", "batches"]
+
+
+def load_raw(spec: str | DatasetSpec, *, input_size: int = 32, in_channels: int = 3,
+             root: Optional[str] = None) -> RawDataset:
+    """The official splits of one source, before subsetting and resizing.
+
+    ``input_size``/``in_channels`` matter only for ``folder:`` trees, whose
+    images are decoded at that size (they may all differ).
+    """
+    s = DatasetSpec.parse(spec)
+    if s.name == "digits":
+        from .digits import load_digits
+        return load_digits()
+    if s.name == "cifar10":
+        from .cifar import load_cifar10
+        return load_cifar10(s.path, root)
+    if s.name in ("mnist", "fashion-mnist"):
+        from .idx import load_idx_dataset
+        return load_idx_dataset(s.name, s.path, root)
+    from .folder import load_folder
+    return load_folder(s.path, input_size, in_channels)
+
+
+def load_dataset(spec: str | DatasetSpec, *, input_size: int, in_channels: int = 3,
+                 subset: Optional[int] = None, val_fraction: float = 0.1, seed: int = 0,
+                 root: Optional[str] = None) -> DataSplits:
+    """Load ``spec`` and adapt it to an ``input_size`` x ``input_size`` x ``in_channels`` input.
+
+    ``subset`` draws that many images (seeded) from the official training set;
+    ``val_fraction`` of them become the validation split, the rest train.
+    Mean/std are per channel over the train split. ``root`` overrides the
+    download cache directory.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1) (got {val_fraction})")
+    if subset is not None and subset < 2:
+        raise DataError(f"subset must be at least 2 images (got {subset})")
+    if input_size < 1 or in_channels < 1:
+        raise DataError(f"input_size and in_channels must be positive (got {input_size}, {in_channels})")
+    raw = load_raw(spec, input_size=input_size, in_channels=in_channels, root=root)
+    n = len(raw.train) if subset is None else min(subset, len(raw.train))
+    order = torch.randperm(len(raw.train), generator=torch.Generator().manual_seed(seed))[:n]
+    n_val = round(n * val_fraction)
+    train = adapt(raw.train.subset(order[n_val:]), input_size, in_channels)
+    val = adapt(raw.train.subset(order[:n_val]), input_size, in_channels)
+    mean, std = channel_stats(train)
+    splits = DataSplits(name=str(DatasetSpec.parse(spec)), train=train, val=val,
+                        num_classes=len(raw.classes), mean=mean, std=std, classes=list(raw.classes),
+                        _test=lambda: adapt(raw.test, input_size, in_channels))
+    return splits
