@@ -1,0 +1,101 @@
+"""The timing protocol: warm-up, timed runs, robust statistics, repeat-and-flag on spread.
+
+Pure functions over a ``timed_run()`` callable that returns one run's
+duration in milliseconds, so the same protocol serves every runtime (the
+runtime decides how one run is timed: ``perf_counter`` on CPU, CUDA events
+with synchronisation on a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .target import MeasurementProtocol
+
+TimedRun = Callable[[], float]
+
+
+def summarise(samples_ms: list[float]) -> dict:
+    """Median, p90, IQR/median and run count of one timing session."""
+    a = np.asarray(samples_ms, dtype=float)
+    q25, med, q75, p90 = np.percentile(a, [25, 50, 75, 90])
+    return {"median_ms": float(med), "p90_ms": float(p90), "iqr_rel": float((q75 - q25) / med) if med > 0 else 0.0,
+            "runs": int(a.size), "min_ms": float(a.min())}
+
+
+def time_runs(timed_run: TimedRun, protocol: MeasurementProtocol) -> list[float]:
+    """Warm up (at least ``warmup_runs`` and ``warmup_seconds``), then time until both minimums are met."""
+    p = protocol
+    start, n = time.perf_counter(), 0
+    warm_cap = start + max(p.warmup_seconds, p.max_seconds / 4)
+    while n < p.warmup_runs or time.perf_counter() - start < p.warmup_seconds:
+        timed_run()
+        n += 1
+        if time.perf_counter() > warm_cap:
+            break
+    samples: list[float] = []
+    start = time.perf_counter()
+    while True:
+        samples.append(timed_run())
+        elapsed = time.perf_counter() - start
+        if len(samples) >= p.max_runs or elapsed >= p.max_seconds:
+            break
+        if len(samples) >= p.min_runs and elapsed >= p.min_seconds:
+            break
+    return samples
+
+
+def measure_timed(timed_run: TimedRun, protocol: MeasurementProtocol, lock_name: str = "cpu") -> dict:
+    """Time ``timed_run``; repeat while IQR/median exceeds the threshold; flag if it never settles.
+
+    The attempt with the smallest spread is reported; ``spreads`` lists every attempt's,
+    so a repeated or flagged measurement is visible, never silently accepted.
+    """
+    attempts: list[dict] = []
+    for _ in range(protocol.max_attempts):
+        with device_lock(lock_name, enabled=protocol.lock):
+            stats = summarise(time_runs(timed_run, protocol))
+        attempts.append(stats)
+        if stats["iqr_rel"] <= protocol.spread_threshold:
+            break
+    best = min(attempts, key=lambda s: s["iqr_rel"])
+    return {**best, "attempts": len(attempts), "flagged": best["iqr_rel"] > protocol.spread_threshold,
+            "spreads": [round(s["iqr_rel"], 4) for s in attempts], "loadavg": _loadavg()}
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # pragma: no cover - not on every platform
+        return None
+
+
+def lock_path(name: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"shufflenas-latency-{name}.lock"
+
+
+@contextmanager
+def device_lock(name: str, enabled: bool = True) -> Iterator[None]:
+    """Machine-wide exclusive lock (``flock``) so no two measurements on one host overlap,
+    whichever process or Ray actor runs them."""
+    if not enabled:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no cross-process lock, measurements may overlap
+        yield
+        return
+    with open(lock_path(name), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

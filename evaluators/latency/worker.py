@@ -1,0 +1,204 @@
+"""Measurement sessions: one worker process that measures one thing at a time.
+
+:class:`MeasurementWorker` is a long-lived worker process (a context manager)
+that satisfies :class:`evaluators.base.LatencyEstimator`; :func:`measure` is
+one fresh worker for one call. Thread variables are set in the worker's
+environment before its interpreter starts; requests are answered strictly in
+turn, and the timing itself runs under a machine-wide lock
+(:func:`~evaluators.latency.timing.device_lock`), so measurements never
+overlap -- not even those of different workers or users on the same host.
+
+Drift: every ``protocol.reference_every`` measurements the worker re-measures
+a reference preset; :meth:`MeasurementWorker.drift` compares it with the
+first (baseline) measurement and each result carries the latest ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from typing import Sequence, overload
+
+from search_space import Architecture
+from search_space.blocks import Block, block_dict
+
+from ..base import LatencyResult
+from .target import ExportError, LatencyError, LatencyTarget, MeasurementProtocol, check_available
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+START_TIMEOUT_S = 180
+
+
+class MeasurementWorker:
+    """A worker process measuring architectures (or blocks) on ``target``, one at a time.
+
+    >>> with MeasurementWorker(LatencyTarget(threads=1)) as w:   # doctest: +SKIP
+    ...     w.latency(arch).median_ms
+    """
+
+    def __init__(self, target: LatencyTarget | None = None, protocol: MeasurementProtocol | None = None):
+        self.target = target or LatencyTarget()
+        self.protocol = protocol or MeasurementProtocol()
+        self.machine: dict = {}
+        self.count = 0  # measurements served (references not counted)
+        self.references: list[dict] = []  # {"at": count, "median_ms", "iqr_rel", "time"}
+        self._proc: subprocess.Popen | None = None
+        self._stderr = None
+        self._mutex = threading.Lock()
+        self._finalizer = None
+
+    # ---- process lifetime ---------------------------------------------------
+    def start(self) -> "MeasurementWorker":
+        if self._proc is not None:
+            return self
+        check_available(self.target)
+        env = {**os.environ, **{v: str(self.target.threads) for v in THREAD_VARS}}
+        self._stderr = tempfile.TemporaryFile(mode="w+b")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "evaluators.latency.worker_process",
+             self.target.model_dump_json(), self.protocol.model_dump_json()],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env, text=True, bufsize=1)
+        self._finalizer = weakref.finalize(self, _stop, self._proc)
+        ready = self._read()
+        self.machine = ready.get("machine", {})
+        return self
+
+    def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+        self._proc = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def __enter__(self) -> "MeasurementWorker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    # ---- requests -------------------------------------------------------------
+    def _read(self) -> dict:
+        line = self._proc.stdout.readline()
+        if not line:
+            code = self._proc.wait(timeout=30)
+            raise LatencyError(f"measurement worker exited with status {code}: {self._stderr_tail()}")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            cls = ExportError if reply.get("type") == "ExportError" else LatencyError
+            raise cls(reply.get("error", "measurement failed"))
+        return reply
+
+    def _stderr_tail(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        lines = [ln for ln in self._stderr.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+        return lines[-1][:300] if lines else "(no output)"
+
+    def _request(self, req: dict) -> dict:
+        with self._mutex:
+            self.start()
+            self._proc.stdin.write(json.dumps(req) + "\n")
+            self._proc.stdin.flush()
+            return self._read()["result"]
+
+    # ---- measurements -----------------------------------------------------------
+    def latency(self, arch: Architecture) -> LatencyResult:
+        """Measure ``arch`` (at the target's input size) on the target."""
+        arch = self.target.apply(arch)
+        self._maybe_reference()
+        raw = self._request({"op": "arch", "arch": arch.to_dict()})
+        self.count += 1
+        return self._result(raw, name=arch.name)
+
+    def block_latency(self, block: Block) -> dict:
+        """Raw timing statistics of one block, as the lookup table stores them."""
+        self._maybe_reference()
+        raw = self._request({"op": "block", "block": block_dict(block)})
+        self.count += 1
+        return raw
+
+    def reference(self) -> LatencyResult:
+        """Measure the reference preset now and record it for drift detection."""
+        raw = self._request({"op": "reference"})
+        self.references.append({"at": self.count, "median_ms": raw["median_ms"], "iqr_rel": raw["iqr_rel"],
+                                "time": time.time(), "loadavg": raw.get("loadavg")})
+        return self._result(raw, name=self.protocol.reference)
+
+    def drift(self) -> dict:
+        """Reference latency now vs at the first check; ``drifted`` when beyond ``drift_threshold``."""
+        refs = self.references
+        out = {"reference": self.protocol.reference, "checks": len(refs), "threshold": self.protocol.drift_threshold}
+        if not refs:
+            return {**out, "drifted": False}
+        base = refs[0]["median_ms"]
+        ratios = [r["median_ms"] / base for r in refs]
+        worst = max(ratios, key=lambda r: abs(r - 1))
+        return {**out, "baseline_ms": base, "latest_ms": refs[-1]["median_ms"], "latest_ratio": ratios[-1],
+                "worst_ratio": worst, "drifted": abs(worst - 1) > self.protocol.drift_threshold,
+                "history": [dict(r) for r in refs]}
+
+    def _maybe_reference(self) -> None:
+        every = self.protocol.reference_every
+        if every and (not self.references or self.count - self.references[-1]["at"] >= every):
+            self.reference()
+
+    def _result(self, raw: dict, name: str | None) -> LatencyResult:
+        extra = {k: raw[k] for k in ("min_ms", "spreads", "loadavg") if k in raw}
+        extra["name"] = name
+        extra["worker_pid"] = self.pid
+        if len(self.references) >= 2:
+            d = self.drift()
+            extra["drift_ratio"] = round(d["latest_ratio"], 4)
+            extra["drifted"] = d["drifted"]
+        return LatencyResult(median_ms=raw["median_ms"], p90_ms=raw["p90_ms"], iqr_rel=raw["iqr_rel"],
+                             runs=raw["runs"], flagged=raw["flagged"], attempts=raw["attempts"],
+                             source="measured", target=self.target.to_dict(), extra=extra)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
+            proc.stdin.flush()
+            proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            proc.kill()
+            proc.wait()
+    for f in (proc.stdin, proc.stdout):
+        try:
+            f.close()
+        except OSError:
+            pass
+
+
+@overload
+def measure(arch_or_list: Architecture, target: LatencyTarget = ..., protocol: MeasurementProtocol | None = ...) -> LatencyResult: ...
+@overload
+def measure(arch_or_list: Sequence[Architecture], target: LatencyTarget = ..., protocol: MeasurementProtocol | None = ...) -> list[LatencyResult]: ...
+
+
+def measure(arch_or_list, target: LatencyTarget | None = None, protocol: MeasurementProtocol | None = None):
+    """Measure one architecture or a list in one fresh worker process (one measurement session).
+
+    The drift reference is only run when the list is longer than ``protocol.reference_every``.
+    """
+    single = isinstance(arch_or_list, Architecture)
+    archs = [arch_or_list] if single else list(arch_or_list)
+    protocol = protocol or MeasurementProtocol()
+    if protocol.reference_every and len(archs) <= protocol.reference_every:
+        protocol = protocol.model_copy(update={"reference_every": 0})
+    with MeasurementWorker(target or LatencyTarget(), protocol) as w:
+        results = [w.latency(a) for a in archs]
+    return results[0] if single else results

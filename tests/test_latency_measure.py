@@ -1,0 +1,110 @@
+"""Measurement: target validation, timing statistics, repeat-and-flag, isolation, worker process, CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+import time
+
+import pytest
+import torch
+
+from evaluators.base import LatencyEstimator
+from evaluators.latency import (ExportError, LatencyError, LatencyTarget, MeasurementProtocol,
+                                MeasurementWorker, check_available, measure)
+from evaluators.latency.runners import export_onnx
+from evaluators.latency.timing import device_lock, measure_timed, summarise
+
+QUICK = MeasurementProtocol.quick(min_seconds=0.05, warmup_seconds=0.01, lock=False)
+
+
+def test_target_defaults_and_one_line_errors():
+    t = LatencyTarget()
+    assert (t.device, t.runtime, t.threads, t.batch, t.input_size, t.dtype) == ("cpu", "onnxruntime", 1, 1, None, "float32")
+    for bad, word in [({"runtime": "tflite"}, "runtime"), ({"device": "tpu"}, "device"),
+                      ({"threads": 0}, "threads"), ({"dtype": "bfloat16"}, "float32")]:
+        with pytest.raises(LatencyError) as ei:
+            LatencyTarget.make(**bad)
+        assert word in str(ei.value) and "\n" not in str(ei.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_without_cuda_is_a_clear_error():
+    with pytest.raises(LatencyError, match="CUDA is not available"):
+        check_available(LatencyTarget(device="cuda", runtime="eager"))
+
+
+def test_summarise_known_samples():
+    s = summarise([float(x) for x in range(1, 102)])  # 1..101
+    assert s["median_ms"] == 51 and s["runs"] == 101 and s["p90_ms"] == pytest.approx(91)
+    assert s["iqr_rel"] == pytest.approx((76 - 26) / 51)
+
+
+def test_noisy_measurement_is_repeated_and_flagged():
+    values = itertools.cycle([1.0, 3.0])
+    noisy = measure_timed(lambda: next(values), QUICK.model_copy(update={"max_attempts": 3}))
+    assert noisy["attempts"] == 3 and noisy["flagged"] and len(noisy["spreads"]) == 3
+    steady = measure_timed(lambda: 2.0, QUICK)
+    assert steady["attempts"] == 1 and not steady["flagged"] and steady["median_ms"] == 2.0
+
+
+def test_device_lock_serialises_holders():
+    spans = []
+
+    def hold():
+        with device_lock("pytest-lock-check"):
+            t0 = time.perf_counter()
+            time.sleep(0.05)
+            spans.append((t0, time.perf_counter()))
+
+    threads = [threading.Thread(target=hold) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spans.sort()
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # no two holders overlap
+
+
+def test_export_failure_is_one_line():
+    class Bad(torch.nn.Module):
+        def forward(self, x):
+            return {"not": "a tensor"}
+
+    with pytest.raises(ExportError) as ei:
+        export_onnx(Bad(), torch.zeros(1, 3, 8, 8), "block X")
+    assert "block X" in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_worker_measures_and_reports_drift(tiny_arch):
+    protocol = QUICK.model_copy(update={"reference_every": 2, "reference": "shufflenet_v2_x0_5_cifar"})
+    with MeasurementWorker(LatencyTarget(), protocol) as w:
+        assert isinstance(w, LatencyEstimator)
+        assert w.pid != os.getpid()
+        results = [w.latency(tiny_arch) for _ in range(3)]
+        drift = w.drift()
+    r = results[-1]
+    assert r.source == "measured" and r.runs >= QUICK.min_runs and r.median_ms > 0
+    assert r.p90_ms >= r.median_ms and r.target["runtime"] == "onnxruntime"
+    assert drift["checks"] == 2 and "latest_ratio" in drift and "drift_ratio" in r.extra
+    # measure() starts a fresh worker per call; bigger input costs more
+    big = measure(tiny_arch, LatencyTarget(input_size=64), QUICK)
+    assert big.extra["worker_pid"] != r.extra["worker_pid"]
+    assert big.median_ms > r.median_ms and big.target["input_size"] == 64
+
+
+def test_cli_latency_json_and_errors(cli, tiny_arch, tmp_path):
+    path = tmp_path / "tiny.yaml"
+    tiny_arch.to_yaml(path)
+    res = cli("latency", path, "--json", "--min-time", "0.05", "--runtime", "eager")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["median_ms"] > 0 and out["target"]["runtime"] == "eager" and out["source"] == "measured"
+    bad = cli("latency", path, "--runtime", "tflite")
+    assert bad.returncode == 2 and "tflite" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    if not torch.cuda.is_available():
+        res = cli("latency", path, "--device", "cuda")
+        assert res.returncode == 2 and res.stderr.startswith("shufflenas: error:") and "CUDA" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
