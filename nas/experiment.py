@@ -1,0 +1,236 @@
+"""The experiment file: everything a search needs, validated before anything runs.
+
+An experiment is a YAML mapping (unknown keys rejected, one-line errors naming
+the field)::
+
+    name: quickstart
+    space: {input_size: 16, ...}        # inline mapping, a YAML path, or a built-in name
+    data: digits                        # dataset spec: digits, cifar10[:PATH], ...
+    accuracy: {method: zero_cost, proxy: synflow}
+    latency: {mode: measured, target: {runtime: onnxruntime, threads: 1}, budget_ms: 2.0}
+    objectives: [accuracy, latency_ms]
+    search: {backend: optuna, sampler: tpe, trials: 30, concurrency: 1, seed: 0}
+    seeds: [shufflenet_v2_x0_5_cifar]
+    output: runs/quickstart
+
+Relative paths (space file, dataset path, LUT, supernet checkpoint, seed
+YAMLs, output) resolve against the experiment file's folder, so an
+experiment runs the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from search_space import Architecture, SearchSpace, load_space, presets
+from search_space.errors import ShuffleNASError
+from search_space.io import load_yaml
+from search_space.validation import Frozen, one_line
+
+
+class ExperimentError(ShuffleNASError):
+    """An experiment file (or a run directory) that cannot be used as given."""
+
+
+#: Objective metric -> Optuna direction. Accuracy is maximised, every cost minimised.
+METRICS = {"accuracy": "maximize", "latency_ms": "minimize", "params": "minimize", "macs": "minimize"}
+
+
+class AccuracySpec(Frozen):
+    """How candidates are scored for accuracy (the expensive part of a trial)."""
+
+    method: Literal["proxy_training", "supernet", "zero_cost"] = "zero_cost"
+    #: zero_cost: proxy name (``synflow``, ``naswot``, ``grad_norm``, ...)
+    proxy: str = "synflow"
+    #: proxy_training: keyword arguments of ``evaluators.training.TrainConfig`` (epochs, lr, ...)
+    train: dict[str, Any] = Field(default_factory=dict)
+    #: proxy_training / supernet: number of training images used (None = all)
+    subset: Optional[int] = Field(None, ge=10)
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    #: supernet: checkpoint path; trained first (resumably) with ``supernet_train`` if absent
+    checkpoint: Optional[str] = None
+    #: supernet: keyword arguments of ``evaluators.supernet.SupernetConfig``
+    supernet_train: dict[str, Any] = Field(default_factory=dict)
+    #: extra keyword arguments passed to the evaluator's constructor
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _supernet_needs_checkpoint(self):
+        if self.method == "supernet" and not self.checkpoint:
+            raise ValueError("method supernet needs 'checkpoint: PATH' (trained there if absent)")
+        return self
+
+
+class LatencySpec(Frozen):
+    """Latency on the target device: measured for every candidate, or predicted by a LUT."""
+
+    mode: Literal["measured", "lut"] = "measured"
+    #: keyword arguments of ``evaluators.latency.LatencyTarget`` (device, runtime, threads, batch, input_size, dtype)
+    target: dict[str, Any] = Field(default_factory=dict)
+    #: keyword arguments of ``evaluators.latency.MeasurementProtocol``
+    protocol: dict[str, Any] = Field(default_factory=dict)
+    #: lut: path of the lookup table (built for the space there if absent)
+    lut: Optional[str] = None
+    #: hard constraint: candidates slower than this are infeasible (never on the front)
+    budget_ms: Optional[float] = Field(None, gt=0)
+    #: re-measure the final Pareto set on the device (always done when mode is lut)
+    remeasure_front: bool = True
+
+    @model_validator(mode="after")
+    def _lut_needs_path(self):
+        if self.mode == "lut" and not self.lut:
+            raise ValueError("mode lut needs 'lut: PATH' (built for the search space there if absent)")
+        return self
+
+
+class SearchSpec(Frozen):
+    backend: Literal["optuna", "ray"] = "optuna"
+    sampler: Literal["tpe", "nsga2", "random", "gp", "qmc"] = "tpe"
+    #: number of trials including seed trials; None = until ``timeout_s``
+    trials: Optional[int] = Field(30, ge=1)
+    timeout_s: Optional[float] = Field(None, gt=0)
+    concurrency: int = Field(1, ge=1, le=256)
+    seed: int = 0
+    #: optuna: None = a JournalStorage file in the run directory; or an RDB URL (postgresql://...)
+    storage: Optional[str] = None
+    #: ray: scheduler on accuracy (asha stops weak proxy trainings early; needs proxy_training)
+    scheduler: Optional[Literal["asha"]] = None
+    #: ray: resources of one trial, e.g. {cpu: 1}
+    resources: dict[str, float] = Field(default_factory=lambda: {"cpu": 1})
+    #: ray: None = a private local cluster on loopback; "auto" or host:port = an existing cluster
+    address: Optional[str] = None
+    #: ray: CPUs of the private local cluster (None = all)
+    num_cpus: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _some_budget(self):
+        if self.trials is None and self.timeout_s is None:
+            raise ValueError("give 'trials' or 'timeout_s' (or both)")
+        return self
+
+
+class Experiment(Frozen):
+    name: str = Field("search", pattern=r"^[A-Za-z0-9_.-]{1,80}$")
+    space: Union[str, dict[str, Any]]
+    data: str = "digits"
+    accuracy: AccuracySpec = AccuracySpec()
+    latency: LatencySpec = LatencySpec()
+    objectives: tuple[str, ...] = ("accuracy", "latency_ms")
+    #: hypervolume reference point per objective (worst values); missing ones are derived from the data
+    reference_point: dict[str, float] = Field(default_factory=dict)
+    search: SearchSpec = SearchSpec()
+    #: known architectures evaluated first: preset names or architecture YAML paths
+    seeds: tuple[str, ...] = ()
+    output: str = "runs/search"
+    #: folder of the experiment file (relative paths were resolved against it)
+    base_dir: Optional[str] = None
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v):
+        unknown = [m for m in v if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown objective(s) {unknown}; choose from {list(METRICS)}")
+        if len(v) < 2 or v[0] != "accuracy" or len(set(v)) != len(v):
+            raise ValueError("objectives must start with accuracy, then at least one cost "
+                             "(latency_ms, params, macs), without repeats")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        bad = set(self.reference_point) - set(self.objectives)
+        if bad:
+            raise ValueError(f"reference_point names {sorted(bad)}, which are not objectives")
+        if self.search.scheduler == "asha" and self.accuracy.method != "proxy_training":
+            raise ValueError("search.scheduler asha needs accuracy.method proxy_training "
+                             "(it stops trainings by their per-epoch accuracy)")
+        return self
+
+    # ---- derived ------------------------------------------------------------
+    @property
+    def directions(self) -> list[str]:
+        return [METRICS[m] for m in self.objectives]
+
+    def load_space(self) -> SearchSpace:
+        if isinstance(self.space, dict):
+            return SearchSpace.from_dict(self.space, source=f"{self.name}: space")
+        return load_space(self.space)
+
+    def seed_architectures(self) -> list[tuple[str, Architecture]]:
+        out = []
+        for s in self.seeds:
+            if s in presets.PRESETS:
+                out.append((s, presets.get(s)))
+            elif Path(s).suffix in (".yaml", ".yml"):
+                arch = Architecture.from_yaml(s)
+                out.append((arch.name or Path(s).stem, arch))
+            else:
+                raise ExperimentError(f"seeds: {s!r} is neither a preset nor an architecture "
+                                      f"YAML file; presets: {', '.join(presets.PRESETS)}")
+        return out
+
+    def fingerprint(self) -> str:
+        """Hash of what decides the search (not the output folder): resuming checks it."""
+        d = self.model_dump(mode="json", exclude={"output", "base_dir"})
+        d["search"].pop("address", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _resolve(base: Path, value: str | None) -> str | None:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    """Make every path in the raw mapping absolute, relative to the experiment's folder."""
+    d = dict(data)
+    sp = d.get("space")
+    if isinstance(sp, str) and (sp.endswith((".yaml", ".yml")) or "/" in sp):
+        d["space"] = _resolve(base, sp)
+    spec = d.get("data")
+    if isinstance(spec, str) and ":" in spec:
+        kind, _, path = spec.partition(":")
+        if path:
+            d["data"] = f"{kind}:{_resolve(base, path)}"
+    for section, keys in (("accuracy", ("checkpoint",)), ("latency", ("lut",))):
+        if isinstance(d.get(section), dict):
+            d[section] = {k: (_resolve(base, v) if k in keys and isinstance(v, str) else v)
+                          for k, v in d[section].items()}
+    if isinstance(d.get("seeds"), list):
+        d["seeds"] = [_resolve(base, s) if isinstance(s, str) and s.endswith((".yaml", ".yml")) else s
+                      for s in d["seeds"]]
+    if isinstance(d.get("output"), str):
+        d["output"] = _resolve(base, d["output"])
+    d["base_dir"] = str(base)
+    return d
+
+
+def experiment_from_dict(data: Any, source: str = "experiment", base_dir: str | Path = ".") -> Experiment:
+    if not isinstance(data, dict):
+        raise ExperimentError(f"{source}: expected a mapping with keys space, data, accuracy, latency, "
+                              f"search, ... (got {type(data).__name__})")
+    if "base_dir" in data:
+        raise ExperimentError(f"{source}: base_dir: unknown key")
+    try:
+        exp = Experiment.model_validate(_resolve_paths(data, Path(base_dir).resolve()))
+    except ValidationError as exc:
+        raise ExperimentError(one_line(exc, source)) from None
+    exp.load_space()  # a bad space fails now, with its own one-line error
+    exp.seed_architectures()
+    return exp
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Load and validate an experiment file; relative paths resolve against its folder."""
+    p = Path(path)
+    return experiment_from_dict(load_yaml(p), str(p), p.resolve().parent)

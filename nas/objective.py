@@ -1,0 +1,220 @@
+"""The one objective both backends call: score a candidate, return a :class:`TrialRecord`.
+
+:class:`SearchContext` builds the evaluators an experiment names, lazily and
+once per process (a Ray worker builds its own). :func:`evaluate_candidate`
+measures latency first (cheap, decides feasibility), then accuracy with a
+per-epoch callback, and never raises for a failed evaluation: the record says
+FAIL and why, and the search goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Optional
+
+from evaluators.base import AccuracyResult, LatencyResult
+from search_space import Architecture, SearchSpace, profile
+from search_space.errors import ShuffleNASError
+
+from .experiment import Experiment, ExperimentError
+from .records import TrialRecord
+
+
+def arch_key(arch: Architecture) -> str:
+    """Identity of an architecture's network (its name does not count)."""
+    d = arch.to_dict()
+    d.pop("name", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _construct(factory, where: str, *args, **kwargs):
+    try:
+        return factory(*args, **kwargs)
+    except TypeError as exc:  # an unknown keyword from the experiment file
+        raise ExperimentError(f"{where}: {exc}") from None
+    except ShuffleNASError:
+        raise
+    except ValueError as exc:  # pydantic ValidationError is a ValueError
+        from pydantic import ValidationError
+
+        from search_space.validation import one_line
+        msg = one_line(exc, where) if isinstance(exc, ValidationError) else f"{where}: {exc}"
+        raise ExperimentError(msg) from None
+
+
+def latency_target(exp: Experiment):
+    from evaluators.latency import LatencyTarget
+
+    return _construct(LatencyTarget, "latency.target", **exp.latency.target)
+
+
+def latency_protocol(exp: Experiment):
+    from evaluators.latency import MeasurementProtocol
+
+    return _construct(MeasurementProtocol, "latency.protocol", **exp.latency.protocol) \
+        if exp.latency.protocol else None
+
+
+def load_or_build_lut(exp: Experiment, space: SearchSpace, progress: bool = False):
+    """The experiment's LUT: loaded (checked against the target) or built there, resumably."""
+    from evaluators.latency import LatencyLUT
+
+    target = latency_target(exp)
+    path = Path(exp.latency.lut)
+    if path.is_file():
+        return LatencyLUT.load(path, target)
+    lut = LatencyLUT.build(space, target, protocol=latency_protocol(exp), progress=progress, path=path)
+    lut.save(path)
+    return lut
+
+
+def prepare(exp: Experiment, progress: bool = True) -> None:
+    """One-off preparation in the driver before trials run: build the LUT / train the supernet if absent."""
+    space = exp.load_space()
+    if exp.latency.mode == "lut":
+        load_or_build_lut(exp, space, progress=progress)
+    acc = exp.accuracy
+    if acc.method == "supernet" and not Path(acc.checkpoint).is_file():
+        from evaluators.supernet import SupernetConfig, train_supernet
+
+        cfg = _construct(SupernetConfig, "accuracy.supernet_train", **acc.supernet_train)
+        train_supernet(space, exp.data, cfg, out=acc.checkpoint, progress=progress)
+
+
+class SearchContext:
+    """Evaluators of one experiment, built on first use in the process that scores candidates.
+
+    ``latency_fn`` replaces the local latency estimator (the Ray backend sends
+    measurements to the serialised measurement actor instead).
+    """
+
+    def __init__(self, exp: Experiment, run_dir: str | Path, *,
+                 latency_fn: Optional[Callable[[Architecture], LatencyResult]] = None, lut=None):
+        self.exp = exp
+        self.run_dir = Path(run_dir)
+        self.space = exp.load_space()
+        self._latency_fn = latency_fn
+        self._lut = lut
+        self._accuracy = None
+        self._latency = None
+        self._worker = None
+        self._lock = threading.Lock()  # one measurement at a time, whatever the concurrency
+
+    # ---- evaluators -------------------------------------------------------
+    def accuracy_evaluator(self):
+        if self._accuracy is None:
+            a, exp = self.exp.accuracy, self.exp
+            if a.method == "zero_cost":
+                from evaluators.zero_cost import ZeroCostEvaluator
+
+                self._accuracy = _construct(ZeroCostEvaluator, "accuracy", proxy=a.proxy,
+                                            seed=exp.search.seed, **a.options)
+            elif a.method == "proxy_training":
+                from evaluators.training import ProxyTrainingEvaluator, TrainConfig
+
+                cfg = _construct(TrainConfig, "accuracy.train", **{"seed": exp.search.seed, **a.train})
+                self._accuracy = _construct(
+                    ProxyTrainingEvaluator, "accuracy", exp.data, cfg, subset=a.subset,
+                    val_fraction=a.val_fraction, seed=exp.search.seed,
+                    checkpoint_dir=str(self.run_dir / "checkpoints"), **a.options)
+            else:
+                from evaluators.supernet import SupernetEvaluator
+
+                if not Path(a.checkpoint).is_file():
+                    raise ExperimentError(f"accuracy.checkpoint: {a.checkpoint} not found "
+                                          f"(run the search from the driver to train it first)")
+                self._accuracy = _construct(SupernetEvaluator, "accuracy", a.checkpoint, exp.data,
+                                            seed=exp.search.seed, **a.options)
+        return self._accuracy
+
+    def latency(self, arch: Architecture) -> LatencyResult:
+        if self._latency_fn is not None:
+            return self._latency_fn(arch)
+        if self.exp.latency.mode == "lut":
+            if self._lut is None:
+                self._lut = load_or_build_lut(self.exp, self.space)
+            return self._lut.latency(arch)
+        with self._lock:
+            return self.measurement_worker().latency(arch)
+
+    def measurement_worker(self):
+        """The long-lived serialised measurement process (started on first use)."""
+        if self._worker is None:
+            from evaluators.latency import MeasurementWorker
+
+            self._worker = MeasurementWorker(latency_target(self.exp), latency_protocol(self.exp))
+            self._worker.__enter__()
+        return self._worker
+
+    def measure(self, arch: Architecture) -> LatencyResult:
+        """A real measurement on the device, whatever the search's latency mode."""
+        with self._lock:
+            return self.measurement_worker().latency(arch)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.__exit__(None, None, None)
+            self._worker = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def new_record(arch: Architecture, number: int, *, seed: str | None = None,
+               in_space: bool = True, trial_id: str = "") -> TrialRecord:
+    p = profile(arch)
+    return TrialRecord(number=number, arch=arch.to_dict(), arch_key=arch_key(arch), seed=seed,
+                       in_space=in_space, params=p.params, macs=p.macs, trial_id=trial_id or str(number))
+
+
+def evaluate_candidate(arch: Architecture, ctx: SearchContext, *, number: int, seed: str | None = None,
+                       in_space: bool = True, trial_id: str = "",
+                       callback=None) -> TrialRecord:
+    """Score ``arch``: latency (constraint), then accuracy. Failures become FAIL records, never raise."""
+    rec = new_record(arch, number, seed=seed, in_space=in_space, trial_id=trial_id)
+    rec.started = time.time()
+    stage = "latency"
+    try:
+        t = time.perf_counter()
+        lat = ctx.latency(arch)
+        rec.latency_seconds = time.perf_counter() - t
+        if isinstance(lat, dict):
+            lat = LatencyResult(**lat)
+        rec.latency_ms = float(lat.median_ms)
+        rec.latency_source = lat.source
+        rec.latency_extra = {"p90_ms": lat.p90_ms, "iqr_rel": lat.iqr_rel, "runs": lat.runs,
+                             "flagged": lat.flagged, **(lat.extra or {})}
+        budget = ctx.exp.latency.budget_ms
+        if budget is not None:
+            rec.constraint = rec.latency_ms - budget
+            rec.feasible = rec.constraint <= 0
+        if not math.isfinite(rec.latency_ms):
+            raise ValueError(f"latency is {rec.latency_ms}")
+        stage = "accuracy"
+        t = time.perf_counter()
+        res: AccuracyResult = ctx.accuracy_evaluator().evaluate(arch, callback=callback)
+        rec.accuracy_seconds = time.perf_counter() - t
+        rec.accuracy = float(res.accuracy)
+        rec.epochs, rec.stopped_early, rec.checkpoint = res.epochs, res.stopped_early, res.checkpoint
+        rec.accuracy_extra = {"loss": res.loss, "seconds": res.seconds, **(res.extra or {})}
+        if not math.isfinite(rec.accuracy):
+            raise ValueError(f"accuracy is {rec.accuracy}")
+        if res.stopped_early:
+            rec.state, rec.reason = "PRUNED", "stopped early by the scheduler"
+    except ExperimentError:
+        raise  # a broken experiment is not a failed candidate: stop the search with its message
+    except Exception as exc:  # noqa: BLE001 -- any failed evaluation is recorded, the search goes on
+        rec.state = "FAIL"
+        rec.reason = f"{stage}: {type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+        rec.accuracy_extra["traceback"] = traceback.format_exc(limit=3)[-2000:]
+    rec.finished = time.time()
+    return rec
