@@ -1,0 +1,73 @@
+"""Supernet checkpoints: weights plus the space and config they belong to, in one file.
+
+Written atomically (temp file + ``os.replace``) and read with
+``torch.load(weights_only=True)``: only tensors and plain data inside.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from search_space import SearchSpace
+from search_space.errors import ShuffleNASError
+
+from .config import SupernetConfig
+from .network import Supernet, SupernetError
+
+FORMAT = "shufflenas-supernet/1"
+
+
+def save_checkpoint(path: str | Path, supernet: Supernet, config: SupernetConfig, *, epoch: int,
+                    optimizer: dict | None = None, history: list | None = None, data: str = "") -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": FORMAT, "space": supernet.space.to_dict(), "config": config.to_dict(),
+        "epoch": epoch, "data": data, "history": history or [],
+        "state_dict": supernet.state_dict(), "optimizer": optimizer,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw checkpoint dict; one-line SupernetError if missing or not a supernet checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise SupernetError(f"{path}: no such supernet checkpoint; train one with `shufflenas supernet train`")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated or not a torch file
+        raise SupernetError(f"{path}: not a readable supernet checkpoint ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise SupernetError(f"{path}: not a supernet checkpoint (expected format {FORMAT})")
+    return state
+
+
+def load_supernet(path: str | Path) -> Supernet:
+    """The trained supernet stored at ``path`` (eval mode)."""
+    state = read_checkpoint(path)
+    try:
+        space = SearchSpace.from_dict(state["space"], source=f"{path} (stored space)")
+        config = SupernetConfig.from_dict(state["config"])
+    except ShuffleNASError as exc:
+        raise SupernetError(f"{path}: stored space/config invalid: {exc}") from None
+    net = Supernet(space, affine_bn=config.affine_bn)
+    try:
+        net.load_state_dict(state["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise SupernetError(f"{path}: weights do not match the stored space ({str(exc).splitlines()[0][:160]})") from None
+    net.config, net.epoch, net.history = config, state["epoch"], state["history"]
+    return net.eval()
