@@ -32,7 +32,8 @@ EXPECTED = f"the CIFAR-10 python version ({ARCHIVE} or a {FOLDER}/ directory wit
 
 _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
             ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-            ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+            ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")}
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 from .tensors import RawDataset, TensorData
@@ -12,6 +14,7 @@ TEST_FRACTION = 0.2
 TEST_SEED = 20180101
 
 
+@lru_cache(maxsize=1)  # parsed once per process; callers index copies out of it
 def load_digits() -> RawDataset:
     from sklearn.datasets import load_digits as sk_digits
 
