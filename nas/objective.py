@@ -113,8 +113,8 @@ class SearchContext:
             if a.method == "zero_cost":
                 from evaluators.zero_cost import ZeroCostEvaluator
 
-                self._accuracy = _construct(ZeroCostEvaluator, "accuracy", proxy=a.proxy,
-                                            seed=exp.search.seed, **a.options)
+                kw = {"data": exp.data, "seed": exp.search.seed, **a.options}
+                self._accuracy = _construct(ZeroCostEvaluator, "accuracy", proxy=a.proxy, **kw)
             elif a.method == "proxy_training":
                 from evaluators.training import ProxyTrainingEvaluator, TrainConfig
 

@@ -1,0 +1,323 @@
+"""Ray Tune backend: Tuner + OptunaSearch (multi-objective), the same objective as the Optuna backend.
+
+What out-of-the-box OptunaSearch gets wrong, and :class:`ConstrainedOptunaSearch` fixes:
+the latency constraint never reaches Optuna (set it on the Optuna trial before
+``tell``), and trials stopped early by ASHA are told COMPLETE with a partial
+accuracy (tell them PRUNED: only trials whose final report carries
+``final=True`` are COMPLETE; failed evaluations are told FAIL).
+
+* Cluster: ``address=None`` starts a private local cluster bound to loopback
+  (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, ``address="local"``) offering the
+  ``latency_device`` resource; ``"auto"`` or ``host:port`` joins an existing one.
+* Latency measured on the device: through the serialised measurement actor
+  placed on the node offering ``latency_device``; a LUT is loaded by the driver
+  and shipped to trials in the object store.
+* Records are written by the driver (:class:`RecordsCallback`) as trials finish,
+  deduplicated by Tune trial id (a trial re-run after ``Tuner.restore`` is
+  recorded once). Experiment state is saved after every step
+  (``TUNE_GLOBAL_CHECKPOINT_S=0``) so ``--resume`` restarts only unfinished trials.
+* Nothing checkpointed holds a lambda: the define-by-run space, searcher and
+  callback are module-level classes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from search_space import Architecture
+
+from .experiment import Experiment, ExperimentError
+from .objective import SearchContext, evaluate_candidate, latency_target, load_or_build_lut
+from .records import TrialRecord, read_records, write_records
+
+LATENCY_RESOURCE = "latency_device"
+
+
+class DefineByRun:
+    """Picklable define-by-run space for OptunaSearch: ``SearchSpace.suggest`` on the Optuna trial."""
+
+    def __init__(self, space_dict: dict):
+        self.space_dict = space_dict
+        self._space = None
+
+    def __call__(self, trial):
+        from search_space import SearchSpace
+
+        if self._space is None:
+            self._space = SearchSpace.from_dict(self.space_dict)
+        self._space.suggest(trial)
+        return None
+
+    def __getstate__(self):
+        return {"space_dict": self.space_dict, "_space": None}
+
+
+def _searcher_class():
+    from ray.tune.search.optuna import OptunaSearch
+    from optuna.trial import TrialState
+
+    class ConstrainedOptunaSearch(OptunaSearch):
+        """OptunaSearch that tells Optuna the latency constraint, PRUNED early stops and FAIL failures."""
+
+        def __init__(self, *args, constraint_key: Optional[str] = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.constraint_key = constraint_key
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            ot_trial = self._ot_trials[trial_id]
+            state, values = TrialState.FAIL, None
+            if result and not error and result.get("final"):
+                if result.get("state") == "COMPLETE":
+                    state = TrialState.COMPLETE
+                    values = [result[m] for m in self.metric]
+                    if self.constraint_key and result.get("constraint") is not None:
+                        ot_trial.set_constraint(self.constraint_key, result["constraint"])
+                elif result.get("state") == "PRUNED":
+                    state = TrialState.PRUNED
+            elif result and not error:
+                state = TrialState.PRUNED  # stopped by the scheduler before its final report
+            self._ot_study.tell(ot_trial, values, state=state)
+            self._completed_trials.add(trial_id)
+
+    return ConstrainedOptunaSearch
+
+
+# ---- the trainable (runs in Ray workers) ------------------------------------------------
+
+_CTX: dict = {}
+
+
+def _context(exp: Experiment, run_dir: str, lut) -> SearchContext:
+    key = (exp.fingerprint(), run_dir)
+    if key not in _CTX:
+        latency_fn = None
+        if exp.latency.mode == "measured":
+            latency_fn = _ActorLatency(exp)
+        _CTX.clear()
+        _CTX[key] = SearchContext(exp, run_dir, latency_fn=latency_fn, lut=lut)
+    return _CTX[key]
+
+
+class _ActorLatency:
+    """Latency measured by the serialised measurement actor on the ``latency_device`` node."""
+
+    def __init__(self, exp: Experiment):
+        self.exp = exp
+        self.actor = None
+
+    def __call__(self, arch: Architecture):
+        import ray
+
+        from evaluators.base import LatencyResult
+        from evaluators.latency.ray_actor import latency_actor
+
+        if self.actor is None:
+            self.actor = latency_actor(latency_target(self.exp), resource=LATENCY_RESOURCE,
+                                       **({"protocol": _protocol(self.exp)} if self.exp.latency.protocol else {}))
+        d = ray.get(self.actor.latency.remote(arch.to_dict()))
+        return LatencyResult(**d) if isinstance(d, dict) else d
+
+
+def _protocol(exp):
+    from .objective import latency_protocol
+
+    return latency_protocol(exp)
+
+
+def _report_epoch(epoch: int, acc: float):
+    from ray import tune
+
+    tune.report({"accuracy_epoch": float(acc), "epoch": int(epoch), "final": False})
+    return None
+
+
+def trainable(config: dict, exp: Experiment = None, run_dir: str = "", lut=None, seeds: int = 0):
+    """One trial: decode the sampled parameters, score, report the record (``final=True``)."""
+    from ray import tune
+
+    threads = int(exp.accuracy.train.get("threads", 1)) if exp.accuracy.train else 1
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    ctx = _context(exp, run_dir, lut)
+    ctx_trial = tune.get_context()
+    trial_id = ctx_trial.get_trial_id()
+    number = int(trial_id.rsplit("_", 1)[-1])
+    seed_archs = exp.seed_architectures()
+    in_space = [(n, a) for n, a in seed_archs if ctx.space.contains(a)]
+    seed = in_space[number][0] if number < len(in_space) else None
+    arch = ctx.space.decode(config)
+    cb = _report_epoch if exp.search.scheduler == "asha" else None
+    rec = evaluate_candidate(arch, ctx, number=number, seed=seed, trial_id=trial_id, callback=cb)
+    tune.report({"final": True, "state": rec.state, "accuracy": rec.accuracy, "latency_ms": rec.latency_ms,
+                 "params": rec.params, "macs": rec.macs,
+                 "constraint": None if rec.constraint != rec.constraint else rec.constraint,
+                 "record": rec.to_dict()})
+
+
+def _seed_task(exp_json: str, run_dir: str, lut, index: int, name: str, arch_dict: dict) -> dict:
+    exp = Experiment.model_validate_json(exp_json)
+    ctx = _context(exp, run_dir, lut)
+    rec = evaluate_candidate(Architecture.from_dict(arch_dict), ctx, number=-(index + 1), seed=name,
+                             in_space=False, trial_id=f"seed-{index}")
+    return rec.to_dict()
+
+
+# ---- driver side ------------------------------------------------------------------------
+
+def _records_callback_class():
+    from ray.tune import Callback
+
+    class RecordsCallback(Callback):
+        """Writes trials.jsonl/.csv on the driver as trials finish (one record per Tune trial id)."""
+
+        def __init__(self, run_dir: str):
+            self.run_dir = run_dir
+            self.on_records = None  # set by the driver after construction/restore; not pickled
+
+        def _write(self, rec: TrialRecord):
+            recs = {r.trial_id: r for r in read_records(self.run_dir)}
+            if rec.trial_id in recs:
+                return
+            recs[rec.trial_id] = rec
+            write_records(self.run_dir, list(recs.values()))
+            if self.on_records:
+                self.on_records(list(recs.values()))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            res = trial.last_result or {}
+            if res.get("final") and res.get("record"):
+                self._write(TrialRecord.from_dict(res["record"]))
+            else:  # stopped by the scheduler before its final report
+                self._write(_stopped_record(trial, res, "PRUNED", "stopped early by the scheduler"))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._write(_stopped_record(trial, trial.last_result or {}, "FAIL",
+                                        f"trial error: {str(trial.error_file or '')}"))
+
+        def __getstate__(self):
+            return {"run_dir": self.run_dir, "on_records": None}
+
+    return RecordsCallback
+
+
+def _stopped_record(trial, res: dict, state: str, reason: str) -> TrialRecord:
+    from search_space import SearchSpace
+
+    from .objective import new_record
+
+    exp: Experiment = _DRIVER["exp"]
+    arch = SearchSpace.from_dict(_DRIVER["space"]).decode(trial.config)
+    rec = new_record(arch, int(trial.trial_id.rsplit("_", 1)[-1]), trial_id=trial.trial_id)
+    rec.state, rec.reason = state, reason
+    rec.accuracy = float(res.get("accuracy_epoch", float("nan")))
+    rec.epochs = int(res.get("epoch", 0) or 0)
+    rec.stopped_early = state == "PRUNED"
+    rec.finished = time.time()
+    rec.started = rec.finished - float(res.get("time_total_s", 0.0) or 0.0)
+    _ = exp
+    return rec
+
+
+_DRIVER: dict = {}
+
+
+def init_ray(address: Optional[str], exp: Experiment) -> bool:
+    """Connect to ``address`` or start a private loopback-only cluster; returns True if we started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        ray.init(address=address, logging_level="error", log_to_driver=False)
+        if not any(n.get("Resources", {}).get(LATENCY_RESOURCE) for n in ray.nodes() if n.get("Alive")) \
+                and exp.latency.mode == "measured":
+            ray.shutdown()
+            raise ExperimentError(f"no node of the Ray cluster at {address} offers the '{LATENCY_RESOURCE}' "
+                                  f"resource; start the target device's node with "
+                                  f"--resources='{{\"{LATENCY_RESOURCE}\": 1}}'")
+        return True
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # bind everything to 127.0.0.1
+    ray.init(address="local", num_cpus=exp.search.num_cpus or os.cpu_count(), include_dashboard=False,
+             resources={LATENCY_RESOURCE: 1}, logging_level="error", log_to_driver=False)
+    return True
+
+
+def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] = None,
+        on_records: Optional[Callable[[list[TrialRecord]], None]] = None) -> list[TrialRecord]:
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"  # save experiment state after every step
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    import ray
+    from ray import tune
+
+    from .optuna_backend import make_sampler
+
+    run_dir = Path(run_dir).resolve()
+    space = exp.load_space()
+    _DRIVER.update(exp=exp, space=space.to_dict())
+    started = init_ray(address, exp)
+    try:
+        lut = load_or_build_lut(exp, space) if exp.latency.mode == "lut" else None
+        storage, name = str(run_dir / "ray"), "tune"
+        path = os.path.join(storage, name)
+        # out-of-space seeds: evaluated as Ray tasks before the search (not told to the sampler)
+        done = {r.trial_id for r in read_records(run_dir)}
+        seed_recs = []
+        remote = ray.remote(_seed_task).options(num_cpus=exp.search.resources.get("cpu", 1))
+        for i, (nm, arch) in enumerate(exp.seed_architectures()):
+            if not space.contains(arch) and f"seed-{i}" not in done:
+                seed_recs.append(remote.remote(exp.model_dump_json(), str(run_dir), lut, i, nm, arch.to_dict()))
+        if seed_recs:
+            recs = read_records(run_dir) + [TrialRecord.from_dict(d) for d in ray.get(seed_recs)]
+            write_records(run_dir, recs)
+        if on_records:
+            on_records(read_records(run_dir))
+
+        fn = tune.with_parameters(trainable, exp=exp, run_dir=str(run_dir), lut=lut)
+        res = {k: v for k, v in exp.search.resources.items()}
+        fn = tune.with_resources(fn, {"cpu": res.pop("cpu", 1), "gpu": res.pop("gpu", 0), **res})
+        cb_cls = _records_callback_class()
+        if resume and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False)
+            callback = next((c for c in tuner._local_tuner._run_config.callbacks or [] if isinstance(c, cb_cls)), None)
+        else:
+            callback = cb_cls(str(run_dir))
+            searcher = _searcher_class()(
+                space=DefineByRun(space.to_dict()), metric=list(exp.objectives),
+                mode=["max" if d == "maximize" else "min" for d in exp.directions],
+                points_to_evaluate=[space.params_of(a) for _, a in exp.seed_architectures() if space.contains(a)],
+                sampler=make_sampler(exp.search.sampler, exp.search.seed, exp.search.trials),
+                constraint_key="latency_ms" if exp.latency.budget_ms is not None else None)
+            scheduler = None
+            if exp.search.scheduler == "asha":
+                from ray.tune.schedulers import ASHAScheduler
+
+                epochs = int(exp.accuracy.train.get("epochs", 1))
+                scheduler = ASHAScheduler(metric="accuracy_epoch", mode="max", time_attr="training_iteration",
+                                          max_t=epochs + 1, grace_period=1, reduction_factor=2)
+            tuner = tune.Tuner(
+                fn,
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                            num_samples=exp.search.trials or -1,
+                                            max_concurrent_trials=exp.search.concurrency,
+                                            time_budget_s=exp.search.timeout_s, reuse_actors=True),
+                run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[callback],
+                                          failure_config=tune.FailureConfig(max_failures=0)),
+            )
+        if callback is not None:
+            callback.on_records = on_records
+        tuner.fit()
+    finally:
+        for ctx in _CTX.values():
+            ctx.close()
+        _CTX.clear()
+        if started:
+            ray.shutdown()
+    return read_records(run_dir)
