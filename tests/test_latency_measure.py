@@ -16,6 +16,7 @@ from evaluators.latency import (ExportError, LatencyError, LatencyTarget, Measur
                                 MeasurementWorker, check_available, measure)
 from evaluators.latency.runners import export_onnx
 from evaluators.latency.timing import device_lock, measure_timed, summarise
+from shufflenas.cli import main
 
 QUICK = MeasurementProtocol.quick(min_seconds=0.05, warmup_seconds=0.01, lock=False)
 
@@ -95,16 +96,17 @@ def test_worker_measures_and_reports_drift(tiny_arch):
     assert big.median_ms > r.median_ms and big.target["input_size"] == 64
 
 
-def test_cli_latency_json_and_errors(cli, tiny_arch, tmp_path):
+def test_cli_latency_json_and_errors(cli, tiny_arch, tmp_path, capsys):
     path = tmp_path / "tiny.yaml"
     tiny_arch.to_yaml(path)
     res = cli("latency", path, "--json", "--min-time", "0.05", "--runtime", "eager")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["median_ms"] > 0 and out["target"]["runtime"] == "eager" and out["source"] == "measured"
-    bad = cli("latency", path, "--runtime", "tflite")
-    assert bad.returncode == 2 and "tflite" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    bad = [(["--runtime", "tflite"], "tflite"), (["--runtime", "onnxruntime", "--dtype", "bfloat16"], "float32")]
     if not torch.cuda.is_available():
-        res = cli("latency", path, "--device", "cuda")
-        assert res.returncode == 2 and res.stderr.startswith("shufflenas: error:") and "CUDA" in res.stderr
-        assert len(res.stderr.strip().splitlines()) == 1
+        bad.append((["--device", "cuda"], "CUDA is not available"))
+    for args, words in bad:  # in-process: same code path as the command, without a new interpreter
+        assert main(["latency", str(path), *args]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.startswith("shufflenas: error:") and len(err.strip().splitlines()) == 1

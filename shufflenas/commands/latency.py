@@ -81,4 +81,91 @@ def latency(preset, arch_file, device, runtime, threads, batch, input_size, dtyp
     emit(r.to_dict(), as_json, text)
 
 
-COMMANDS = [latency]
+@click.group()
+def lut():
+    """Latency lookup tables: build one for a search space on this device, validate it."""
+
+
+@lut.command("build")
+@click.argument("space_file", metavar="SPACE.yaml|NAME")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="where to write the table (JSON); an unfinished table there is resumed")
+@target_options
+@protocol_option
+@click.option("--calibration", type=click.IntRange(0, 1000), default=10, show_default=True,
+              help="whole networks measured to fit the per-network overhead")
+@click.option("--count", "count_only", is_flag=True, help="only count the block configurations to measure")
+@click.option("--json", "as_json", is_flag=True)
+def lut_build(space_file, out_path, device, runtime, threads, batch, input_size, dtype, min_time, calibration,
+              count_only, as_json):
+    """Measure every block configuration SPACE can produce (with a progress bar)."""
+    from search_space import load_space
+
+    from evaluators.latency.lut import LatencyLUT, space_blocks
+
+    sp = load_space(space_file)
+    target = LatencyTarget.make(**target_fields(device, runtime, threads, batch, input_size, dtype))
+    n = len(space_blocks(sp, target.input_size))
+    if count_only:
+        emit({"space": sp.name, "blocks": n, "target": target.to_dict()}, as_json,
+             f"space {sp.name}: {n:,} block configurations to measure on {target.describe()}")
+        return
+    table_ = LatencyLUT.build(sp, target, make_protocol(min_time, quick=True), progress=not as_json,
+                              path=out_path, calibration=calibration)
+    o, m = table_.overhead, table_.meta
+    out = {"path": str(out_path), "blocks": len(table_), "target": target.to_dict(), "overhead":
+           {k: v for k, v in o.items() if k != "calibration"}, "meta": m}
+    drift = m.get("drift", {})
+    text = (f"{out_path}: {len(table_):,} blocks on {target.describe()} in {m.get('build_seconds')} s; "
+            f"{m.get('flagged_entries', 0)} flagged\n"
+            f"network correction ({o.get('fit')}): a={o['a']:.4f} c={o.get('c_ms', 0) * 1000:.1f} us/block "
+            f"b={o['b_ms'] * 1000:.1f} us; calibration MAPE {o.get('fit_mape', float('nan')):.2%} on "
+            f"{len(o.get('calibration', []))} networks\n"
+            f"drift of reference {drift.get('reference')}: worst ratio {drift.get('worst_ratio', 1):.3f}"
+            + (" -- DRIFTED, rebuild in a quiet window" if drift.get("drifted") else ""))
+    emit(out, as_json, text)
+
+
+@lut.command("validate")
+@click.argument("lut_path", metavar="LUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--samples", type=click.IntRange(1, 100_000), default=30, show_default=True,
+              help="held-out random architectures to measure")
+@click.option("--space", "space_file", metavar="SPACE.yaml|NAME", help="sample from this space [the table's]")
+@click.option("--seed", type=int, default=0, show_default=True)
+@protocol_option
+@click.option("--json", "as_json", is_flag=True)
+def lut_validate(lut_path, samples, space_file, seed, min_time, as_json):
+    """Measure held-out architectures and compare with the table's predictions."""
+    from search_space import SearchSpace, load_space
+
+    from evaluators.latency.lut import LatencyLUT
+    from evaluators.latency.validation import ANCHORS, held_out_sample, validate_lut
+
+    table_ = LatencyLUT.load(lut_path)
+    if space_file:
+        sp = load_space(space_file)
+    elif table_.space:
+        sp = SearchSpace.from_dict(table_.space, source=f"{lut_path}: space")
+    else:
+        raise click.UsageError("this table records no space; give --space SPACE")
+    archs = held_out_sample(table_, sp, samples, seed)
+    rep = validate_lut(table_, archs, make_protocol(min_time))
+    emit(rep, as_json, format_validation(rep, ANCHORS))
+
+
+def format_validation(rep: dict, anchors: dict) -> str:
+    lines = [f"{rep['n']} held-out architectures, {LatencyTarget(**rep['target']).describe()}",
+             f"  MAPE            {rep['mape']:.2%}",
+             f"  within +/-5%    {rep['within_5']:.1%}",
+             f"  within +/-10%   {rep['within_10']:.1%}"]
+    lines += [f"  {k:<15s} {rep[k]:.3f}" for k in ("spearman", "kendall") if k in rep]
+    lines += [f"  flagged         {rep['flagged']} (spread above threshold after repeats)",
+              f"  drift           {rep['drift'].get('worst_ratio', 1.0):.3f} worst reference ratio"
+              + (" -- DRIFTED" if rep["drift"].get("drifted") else "")]
+    lines += ["published within +/-10%: " + ", ".join(f"{k} {v:.1%}" for k, v in anchors.items())]
+    if not rep["same_machine"]:
+        lines.append("warning: this machine differs from the one the table was built on (processor or versions)")
+    return "\n".join(lines)
+
+
+COMMANDS = [latency, lut]

@@ -1,0 +1,297 @@
+"""Latency lookup table: one measured entry per block configuration, plus a whole-network correction.
+
+Prediction is a dict lookup per block and a linear correction::
+
+    latency ~= a * sum(block medians) + c * number_of_blocks + b
+
+``c`` (negative) removes the per-call overhead each isolated block
+measurement carries (8-22 us per ONNX Runtime ``run()``, which made the block
+sum 1.02-1.21x the whole network, NOTES.md); ``b`` is the whole network's own
+call overhead, ``a`` absorbs cache effects. The three are fitted by least
+squares on a few whole networks of the space measured in the same session.
+
+The table is JSON, tagged with the target, library versions and processor,
+and written atomically while it is built, so a killed build resumes where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from search_space import Architecture, SearchSpace, load_space
+from search_space.blocks import Block, HeadBlock, StemBlock, UnitBlock, block_dict, conv_out, iter_blocks
+from search_space.io import atomic_write_json
+
+from ..base import LatencyResult
+from .target import LatencyError, LatencyTarget, LUTMissingError, MeasurementProtocol
+from .worker import MeasurementWorker
+
+LUT_FORMAT = "shufflenas-latency-lut/1"
+ENTRY_FIELDS = ("median_ms", "p90_ms", "iqr_rel", "runs", "attempts", "flagged")
+SAVE_EVERY_S = 2.0
+
+
+def space_blocks(space: SearchSpace, input_size: int | None = None) -> dict[str, Block]:
+    """Every block configuration ``space`` can produce, keyed by ``block.key()``, in forward order.
+
+    Walks the stages: a stage's stride-2 unit sees every (width, resolution)
+    the previous stage (or the stem) can output; its stride-1 units see the
+    stage's own width. Only reachable configurations are listed.
+    """
+    s = space.spec
+    size = input_size or s.input_size
+    out: dict[str, Block] = {}
+    inputs: set[tuple[int, int]] = set()
+    for c, k, st, mp in itertools.product(s.stem.channels, s.stem.kernel, s.stem.stride, s.stem.maxpool):
+        b = StemBlock(s.in_channels, c, k, st, mp, size)
+        out.setdefault(b.key(), b)
+        inputs.add((c, b.out_resolution))
+    for i, stage in enumerate(s.stages):
+        nxt: set[tuple[int, int]] = set()
+        for unit, c, g, k, se, act in itertools.product(stage.unit, stage.channels, stage.groups, stage.kernel,
+                                                        stage.se, stage.act):
+            for sp in (stage.split if unit == "v2" else (None,)):
+                for cin, res in sorted(inputs):
+                    b = UnitBlock(unit, 2, cin, c, sp, g, k, se, act, res,
+                                  first_ungrouped=(unit == "v1" and i == 0))
+                    out.setdefault(b.key(), b)
+                    res2 = b.out_resolution
+                    if max(stage.depth) >= 2:
+                        b1 = UnitBlock(unit, 1, c, c, sp, g, k, se, act, res2)
+                        out.setdefault(b1.key(), b1)
+                    nxt.add((c, res2))
+        inputs = nxt
+    for (cin, res), hc in itertools.product(sorted(inputs), s.head_channels):
+        b = HeadBlock(cin, hc, s.num_classes, res)
+        out.setdefault(b.key(), b)
+    return out
+
+
+def _space_of(space) -> SearchSpace:
+    return space if isinstance(space, SearchSpace) else load_space(space)
+
+
+class LatencyLUT:
+    """Per-block latency table for one target; ``predict(arch)`` in microseconds."""
+
+    def __init__(self, target: LatencyTarget, entries: dict[str, dict], overhead: dict | None = None,
+                 machine: dict | None = None, protocol: MeasurementProtocol | None = None,
+                 space: dict | None = None, meta: dict | None = None, fallback: str = "error"):
+        if fallback not in ("error", "measure"):
+            raise LatencyError(f"fallback {fallback!r} unknown; use 'error' or 'measure'")
+        self.target = target
+        self.entries = entries
+        self.overhead = overhead or {"a": 1.0, "c_ms": 0.0, "b_ms": 0.0, "calibration": []}
+        self.machine = machine or {}
+        self.protocol = protocol or MeasurementProtocol.quick()
+        self.space = space
+        self.meta = meta or {}
+        self.fallback = fallback
+        self.path: Path | None = None
+        self._worker: MeasurementWorker | None = None
+
+    # ---- building ---------------------------------------------------------------
+    @classmethod
+    def build(cls, space, target: LatencyTarget | None = None, protocol: MeasurementProtocol | None = None,
+              progress: bool = True, path: str | Path | None = None, calibration: int = 10,
+              seed: int = 1_000_003) -> "LatencyLUT":
+        """Measure every reachable block of ``space`` on ``target``, then fit the overhead term.
+
+        With ``path``, partial results are written atomically every few seconds and an
+        existing partial table for the same target is resumed. ``calibration`` whole
+        networks (sampled with ``seed``) fit the correction; they are recorded so a
+        validation can hold them out.
+        """
+        from tqdm import tqdm
+
+        sp = _space_of(space)
+        target = target or LatencyTarget()
+        protocol = protocol or MeasurementProtocol.quick()
+        blocks = space_blocks(sp, target.input_size)
+        lut = cls(target, {}, protocol=protocol, space=sp.to_dict(),
+                  meta={"space_name": sp.name, "blocks_in_space": len(blocks), "complete": False})
+        if path is not None and Path(path).exists():
+            old = cls.load(path, target=target)
+            lut.entries = {k: v for k, v in old.entries.items() if k in blocks}
+            lut.overhead = old.overhead
+            lut.meta.update({k: v for k, v in old.meta.items() if k.startswith("build_")})
+        lut.path = Path(path) if path is not None else None
+        todo = [k for k in blocks if k not in lut.entries]
+        calib_archs = sp.sample(calibration, seed=seed) if calibration else []
+        t_start = time.time()
+        with MeasurementWorker(target, protocol) as w:
+            lut.machine = w.machine
+            last_save = time.monotonic()
+            bar = tqdm(total=len(blocks), initial=len(blocks) - len(todo), desc=f"LUT {sp.name}",
+                       unit="block", disable=not progress, dynamic_ncols=True)
+            with bar:
+                for key in todo:
+                    lut.entries[key] = _entry(w.block_latency(blocks[key]))
+                    bar.update()
+                    if lut.path and time.monotonic() - last_save > SAVE_EVERY_S:
+                        lut.save(lut.path)
+                        last_save = time.monotonic()
+            # One more pass for blocks whose spread never settled: keep the steadier measurement.
+            for key in [k for k, e in lut.entries.items() if e.get("flagged")]:
+                again = _entry(w.block_latency(blocks[key]))
+                if again["iqr_rel"] < lut.entries[key]["iqr_rel"]:
+                    lut.entries[key] = again
+            if lut.path:
+                lut.save(lut.path)
+            done = {json.dumps(c["arch"], sort_keys=True) for c in lut.overhead.get("calibration", [])}
+            calib = list(lut.overhead.get("calibration", []))
+            for arch in calib_archs:
+                arch = target.apply(arch)
+                if json.dumps(arch.to_dict(), sort_keys=True) in done:
+                    continue
+                r = w.latency(arch)
+                calib.append({"arch": arch.to_dict(), "measured_ms": r.median_ms, "iqr_rel": r.iqr_rel,
+                              "flagged": r.flagged})
+            lut.overhead = {**fit_overhead(lut, calib), "calibration": calib}
+            if protocol.reference_every:
+                w.reference()  # closing check, so drift spans the whole build
+            lut.meta["drift"] = {k: v for k, v in w.drift().items() if k != "history"}
+        lut.meta.update({"complete": True, "build_seconds": round(time.time() - t_start, 1),
+                         "flagged_entries": sum(bool(e.get("flagged")) for e in lut.entries.values())})
+        if lut.path:
+            lut.save(lut.path)
+        return lut
+
+    # ---- persistence --------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"format": LUT_FORMAT, "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "target": self.target.to_dict(), "machine": self.machine, "protocol": self.protocol.to_dict(),
+                "meta": self.meta, "overhead": self.overhead, "space": self.space,
+                "entries": dict(sorted(self.entries.items()))}
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path, target: LatencyTarget | Mapping | None = None,
+             fallback: str = "error") -> "LatencyLUT":
+        """Load a table; with ``target`` (a LatencyTarget, or a dict of the fields that must match),
+        a table built for anything else is a one-line error."""
+        p = Path(path)
+        if not p.is_file():
+            raise LatencyError(f"{p}: lookup table not found; build it with 'shufflenas lut build SPACE --out {p}'")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise LatencyError(f"{p}: not a readable JSON lookup table ({exc.__class__.__name__})") from None
+        if not isinstance(data, dict) or data.get("format") != LUT_FORMAT:
+            raise LatencyError(f"{p}: not a shufflenas latency lookup table (expected format {LUT_FORMAT})")
+        built_for = LatencyTarget.from_dict(data["target"], f"{p}: target")
+        if target is not None:
+            want = target.to_dict() if isinstance(target, LatencyTarget) else dict(target)
+            have = built_for.to_dict()
+            diff = [f"{k}={want[k]} (table: {have.get(k)})" for k in want if want[k] != have.get(k)]
+            if diff:
+                raise LatencyError(f"{p} was built for another target ({built_for.describe()}); requested "
+                                   f"{', '.join(diff)}; build a table for this target with 'shufflenas lut build'")
+        lut = cls(built_for, data["entries"], data.get("overhead"), data.get("machine"),
+                  MeasurementProtocol.model_validate(data.get("protocol") or {}), data.get("space"),
+                  data.get("meta"), fallback=fallback)
+        lut.path = p
+        return lut
+
+    # ---- prediction -----------------------------------------------------------------
+    def block_ms(self, arch: Architecture) -> dict[str, tuple[str, float]]:
+        """``{module_path: (block key, isolated median ms)}`` for every block of ``arch``."""
+        arch = self.target.apply(arch)
+        blocks = list(iter_blocks(arch))
+        missing = [(path, b) for path, b in blocks if b.key() not in self.entries]
+        if missing:
+            if self.fallback != "measure":
+                path, b = missing[0]
+                more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+                raise LUTMissingError(f"lookup table has no entry for block {b.key()} ({path}){more}; build a "
+                                      f"table for a space that contains it, or use fallback='measure'")
+            self._measure_missing([b for _, b in missing])
+        return {path: (b.key(), self.entries[b.key()]["median_ms"]) for path, b in blocks}
+
+    def breakdown(self, arch: Architecture) -> dict[str, float]:
+        """Isolated latency (ms) of every block, by module path (before the network correction)."""
+        return {path: ms for path, (_, ms) in self.block_ms(arch).items()}
+
+    def predict(self, arch: Architecture) -> float:
+        """Predicted latency in ms of the whole network."""
+        ms = self.block_ms(arch)
+        return self._correct(sum(v for _, v in ms.values()), len(ms))
+
+    def _correct(self, block_sum: float, n_blocks: int) -> float:
+        o = self.overhead
+        return o["a"] * block_sum + o.get("c_ms", 0.0) * n_blocks + o["b_ms"]
+
+    def latency(self, arch: Architecture) -> LatencyResult:
+        ms = self.block_ms(arch)
+        block_sum = sum(v for _, v in ms.values())
+        return LatencyResult(median_ms=self._correct(block_sum, len(ms)), source="lut",
+                             target=self.target.to_dict(),
+                             extra={"name": arch.name, "block_sum_ms": block_sum, "blocks": len(ms),
+                                    "lut": str(self.path) if self.path else None})
+
+    # ---- measured fallback -------------------------------------------------------------
+    def _measure_missing(self, blocks: Iterable[Block]) -> None:
+        if self._worker is None:
+            self._worker = MeasurementWorker(self.target, self.protocol).start()
+        for b in blocks:
+            if b.key() not in self.entries:
+                self.entries[b.key()] = {**_entry(self._worker.block_latency(b)), "fallback": True}
+        if self.path:
+            self.save(self.path)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    def __enter__(self) -> "LatencyLUT":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        return f"LatencyLUT({len(self.entries)} blocks, {self.target.describe()})"
+
+
+def _entry(raw: dict) -> dict:
+    return {k: raw[k] for k in ENTRY_FIELDS}
+
+
+def fit_overhead(lut: LatencyLUT, calibration: list[dict]) -> dict:
+    """Least-squares ``measured ~ a * block_sum + c * n_blocks + b`` over the calibration networks.
+
+    With fewer than 5 networks only ``a`` and ``b`` are fitted; with one, only the ratio.
+    """
+    rows = []
+    for c in calibration:
+        ms = lut.block_ms(Architecture.from_dict(c["arch"]))
+        rows.append((sum(v for _, v in ms.values()), len(ms), c["measured_ms"]))
+    if not rows:
+        return {"a": 1.0, "c_ms": 0.0, "b_ms": 0.0, "fit": "none"}
+    s, n, y = (np.array(col, dtype=float) for col in zip(*rows))
+    if len(rows) >= 5 and np.ptp(n) > 0:
+        (a, c, b), *_ = np.linalg.lstsq(np.c_[s, n, np.ones_like(s)], y, rcond=None)
+        fit = "a*sum+c*n+b"
+    elif len(rows) >= 2:
+        (a, b), *_ = np.linalg.lstsq(np.c_[s, np.ones_like(s)], y, rcond=None)
+        c, fit = 0.0, "a*sum+b"
+    else:
+        a, b, c, fit = float(y[0] / s[0]), 0.0, 0.0, "ratio"
+    pred = a * s + c * n + b
+    return {"a": float(a), "c_ms": float(c), "b_ms": float(b), "fit": fit,
+            "sum_over_measured": [round(float(v), 4) for v in s / y],
+            "fit_mape": float(np.mean(np.abs(pred - y) / y))}

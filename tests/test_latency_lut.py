@@ -1,0 +1,122 @@
+"""Lookup table: reachable block enumeration, build/save/load, prediction, errors, resume, validation, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TINY_SPACE
+from evaluators.latency import LatencyError, LatencyTarget, LUTMissingError, MeasurementProtocol
+from evaluators.latency.lut import LatencyLUT, space_blocks
+from evaluators.latency.validation import error_metrics, held_out_sample, validate_lut
+from search_space import SearchSpace, iter_blocks, load_space
+from shufflenas.cli import main
+
+FAST = MeasurementProtocol.quick(min_runs=10, min_seconds=0.03, warmup_seconds=0.01, reference_every=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_lut(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lut") / "tiny_lut.json"
+    lut = LatencyLUT.build(SearchSpace.from_yaml(TINY_SPACE), LatencyTarget(), FAST, progress=False,
+                           path=path, calibration=6)
+    return path, lut
+
+
+@pytest.mark.parametrize("name", ["imagenet", "all_open"])
+def test_enumeration_covers_every_sampled_block(name):
+    sp = load_space(name)
+    keys = space_blocks(sp)
+    assert all(b.key() in keys for a in sp.sample(40, seed=3) for _, b in iter_blocks(a))
+
+
+def test_enumeration_lists_only_reachable_configs():
+    blocks = space_blocks(SearchSpace.from_yaml(TINY_SPACE))
+    kinds = [b.kind for b in blocks.values()]
+    # stem 1; stage 1: 2 widths x 2 kernels, stride 2 + stride 1 = 8; stage 2: 2 input widths x 4 + 4 = 12; head 2 x 2
+    assert (kinds.count("stem"), kinds.count("unit"), kinds.count("head")) == (1, 20, 4)
+    assert all(b.resolution == 16 for b in blocks.values() if b.kind == "unit" and b.in_channels == 8)
+
+
+def test_build_save_predict(tiny_lut, tiny_space):
+    path, lut = tiny_lut
+    data = json.loads(path.read_text())
+    assert data["target"] == LatencyTarget().to_dict() and data["meta"]["complete"]
+    assert {"torch", "onnxruntime", "cpu"} <= set(data["machine"])
+    assert set(data["entries"]) == set(space_blocks(tiny_space))
+    loaded = LatencyLUT.load(path, target=LatencyTarget())
+    arch = tiny_space.sample(seed=1)
+    parts = loaded.breakdown(arch)
+    assert list(parts) == [p for p, _ in iter_blocks(arch)]
+    o = loaded.overhead
+    assert loaded.predict(arch) == pytest.approx(o["a"] * sum(parts.values()) + o["c_ms"] * len(parts) + o["b_ms"])
+    r = loaded.latency(arch)
+    assert r.source == "lut" and r.median_ms == loaded.predict(arch) > 0
+    assert len(o["calibration"]) == 6 and o["fit_mape"] < 0.5
+
+
+def test_wrong_target_and_missing_block_are_clear(tiny_lut, tiny_space):
+    path, _ = tiny_lut
+    with pytest.raises(LatencyError, match="another target") as ei:
+        LatencyLUT.load(path, target=LatencyTarget(threads=2))
+    assert "threads=2" in str(ei.value)
+    lut = LatencyLUT.load(path)
+    arch = tiny_space.sample(seed=2)
+    key = next(b.key() for _, b in iter_blocks(arch) if b.kind == "unit")
+    del lut.entries[key]
+    with pytest.raises(LUTMissingError, match="no entry for block") as ei:
+        lut.predict(arch)
+    assert key in str(ei.value) and "\n" not in str(ei.value)
+    lut.path = None  # keep the shared file intact
+    lut.fallback, lut.protocol = "measure", FAST
+    with lut:
+        assert lut.predict(arch) > 0
+    assert lut.entries[key]["fallback"] is True
+
+
+def test_killed_build_resumes(tiny_lut, tmp_path):
+    path, lut = tiny_lut
+    data = json.loads(path.read_text())
+    keep = dict(list(data["entries"].items())[:10])
+    data["entries"], data["meta"]["complete"] = keep, False
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps(data))
+    resumed = LatencyLUT.build(SearchSpace.from_yaml(TINY_SPACE), LatencyTarget(), FAST, progress=False,
+                               path=partial, calibration=6)
+    assert all(resumed.entries[k] == v for k, v in keep.items())  # not re-measured
+    assert len(resumed) == len(lut) and json.loads(partial.read_text())["meta"]["complete"]
+    assert resumed.overhead["calibration"] == lut.overhead["calibration"]  # reused, not re-measured
+
+
+def test_error_metrics_known_values():
+    m = error_metrics([1.0, 2.18, 2.9, 4.5], [1.0, 2.0, 3.0, 4.0])
+    assert m["n"] == 4 and m["within_5"] == 0.5 and m["within_10"] == 0.75
+    assert m["mape"] == pytest.approx((0 + 0.09 + 1 / 30 + 0.125) / 4)
+    assert m["spearman"] == pytest.approx(1.0) and m["kendall"] == pytest.approx(1.0)
+
+
+def test_validate_held_out(tiny_lut, tiny_space):
+    _, lut = tiny_lut
+    archs = held_out_sample(lut, tiny_space, 4, seed=7)
+    calib = {json.dumps(c["arch"], sort_keys=True) for c in lut.overhead["calibration"]}
+    assert len(archs) == 4 and not calib & {json.dumps(a.to_dict(), sort_keys=True) for a in archs}
+    rep = validate_lut(lut, archs, FAST)
+    assert rep["n"] == 4 and 0 <= rep["within_10"] <= 1 and rep["same_machine"]
+    assert len(rep["rows"]) == 4 and all(r["measured_ms"] > 0 for r in rep["rows"])
+
+
+def test_cli_lut(tiny_lut, tiny_space_file, capsys, tmp_path):
+    path, _ = tiny_lut
+    assert main(["lut", "build", str(tiny_space_file), "--out", str(tmp_path / "x.json"), "--count", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["blocks"] == 25
+    assert main(["lut", "validate", str(path), "--samples", "3", "--min-time", "0.03", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["n"] == 3 and {"mape", "within_5", "within_10", "spearman", "kendall"} <= set(rep)
+    for args, words in [(("latency", "--preset", "shufflenet_v2_x1_0_cifar", "--lut", path, "--threads", "2"),
+                         "another target"),
+                        (("latency", "--preset", "shufflenet_v2_x1_0_cifar", "--lut", path), "no entry for block"),
+                        (("lut", "validate", path, "--space", "cifar", "--samples", "2"), "no entry for block")]:
+        assert main([str(a) for a in args]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.startswith("shufflenas: error:") and len(err.strip().splitlines()) == 1
