@@ -8,9 +8,12 @@ before anything is built, one at a time under a machine-wide lock; the Ray
 actor for clusters lives in :mod:`evaluators.latency.ray_actor` (imports Ray).
 """
 
+from .lut import LatencyLUT, space_blocks
 from .target import (ExportError, LatencyError, LatencyTarget, LUTMissingError, MeasurementProtocol,
                      check_available, machine_info)
+from .validation import error_metrics, held_out_sample, validate_lut
 from .worker import MeasurementWorker, measure
 
-__all__ = ["LatencyTarget", "MeasurementProtocol", "measure", "MeasurementWorker", "LatencyError",
-           "ExportError", "LUTMissingError", "check_available", "machine_info"]
+__all__ = ["LatencyTarget", "MeasurementProtocol", "measure", "MeasurementWorker", "LatencyLUT", "space_blocks",
+           "validate_lut", "held_out_sample", "error_metrics", "LatencyError", "ExportError", "LUTMissingError",
+           "check_available", "machine_info"]

@@ -1,0 +1,50 @@
+"""Ray actor: placed by the custom resource, get-or-create by name, clear error without the resource.
+
+One private single-node Ray for the module, bound to 127.0.0.1 only (NOTES.md).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from evaluators.latency import LatencyError, LatencyTarget, MeasurementProtocol
+
+FAST = MeasurementProtocol.quick(min_runs=10, min_seconds=0.03, warmup_seconds=0.01, reference_every=0)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, resources={"latency_device": 1},
+             logging_level="error", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_is_imported_lazily():
+    code = ("import sys, evaluators.latency, evaluators.latency.lut, evaluators.latency.validation, "
+            "shufflenas.commands.latency; sys.exit('ray' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.slow
+def test_actor_measures_on_the_resource_node(ray_local, tiny_arch):
+    from evaluators.latency.ray_actor import latency_actor
+
+    ray = ray_local
+    handle = latency_actor(LatencyTarget(), protocol=FAST)
+    r = ray.get(handle.latency.remote(tiny_arch.to_dict()), timeout=120)
+    assert r["source"] == "measured" and r["median_ms"] > 0 and r["runs"] >= FAST.min_runs
+    same = latency_actor(LatencyTarget(), protocol=FAST)  # get-or-create by name
+    info, info2 = ray.get([handle.info.remote(), same.info.remote()])
+    assert info["actor_pid"] == info2["actor_pid"] and info["worker_pid"] != os.getpid()
+    with pytest.raises(LatencyError, match="no Ray node offers the resource 'gpu_phone'"):
+        latency_actor(LatencyTarget(), resource="gpu_phone")
+    ray.get(handle.close.remote())
+    ray.kill(handle)
