@@ -101,11 +101,12 @@ def phase_truth(args) -> None:
 
     space, archs, data, budget = setup(args)
     path = args.out / "fidelity_truth.jsonl"
-    have = done(path)
     config = TrainConfig(epochs=budget["epochs"], threads=args.threads, seed=args.seed)
-    for i, arch in enumerate(archs):
-        if i in have:
+    order = range(len(archs) - 1, -1, -1) if args.reverse else range(len(archs))
+    for i in order:
+        if i in done(path):  # re-read: a second worker may run the other way
             continue
+        arch = archs[i]
         r = train(arch, data, config)
         h = r.extra["history"]
         pr = profile(arch)
@@ -206,6 +207,8 @@ def main(argv=None) -> None:
     ap.add_argument("--supernet-lr", type=float, default=0.3)
     ap.add_argument("--bn-batches", type=int, default=20)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--reverse", action="store_true",
+                    help="truth: take architectures from the last one (a second worker meets the first)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,61 @@
+"""How many candidates per hour a trained supernet scores, BN recalibration included.
+
+Scores N architectures sampled from the supernet's space with
+``SupernetEvaluator`` (inherit weights, re-estimate BatchNorm on
+``--bn-batches`` training batches of 64, accuracy on the validation split)
+and prints candidates/hour beside the 500/hour target of issue #4::
+
+    python experiments/supernet_throughput.py experiments/results/fidelity_supernet.pt \\
+        --data cifar10:../shared/data/cifar10/cifar-10-python.tar.gz --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+TARGET_PER_HOUR = 500
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--data", required=True, help="dataset spec the supernet was trained on")
+    ap.add_argument("--n", type=int, default=30, help="candidates to score")
+    ap.add_argument("--bn-batches", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from evaluators.supernet import SupernetEvaluator, load_supernet
+
+    net = load_supernet(args.checkpoint)
+    ev = SupernetEvaluator(net, args.data, bn_batches=args.bn_batches, threads=args.threads)
+    archs = net.space.sample(args.n + 1, seed=args.seed)
+    ev.evaluate(archs[0])  # loads the data and warms up; not timed
+    times, accs = [], []
+    t0 = time.perf_counter()
+    for arch in archs[1:]:
+        t = time.perf_counter()
+        accs.append(ev.evaluate(arch).accuracy)
+        times.append(time.perf_counter() - t)
+    wall = time.perf_counter() - t0
+    per_hour = 3600 * args.n / wall
+    load = os.getloadavg()[0]
+    print(f"supernet {args.checkpoint} (space {net.space.name}, {net.epoch} epochs), {args.threads} threads, "
+          f"load average {load:.2f}")
+    print(f"scored {args.n} candidates in {wall:.1f} s: median {statistics.median(times):.2f} s/candidate "
+          f"(min {min(times):.2f}, max {max(times):.2f}), BN recalibrated on {args.bn_batches}x64 train images, "
+          f"{sum(len(y) for _, y in ev._val)} val images")
+    print(f"val accuracy of the candidates: {min(accs):.3f}..{max(accs):.3f}")
+    print(f"throughput: {per_hour:.0f} candidates/hour; target {TARGET_PER_HOUR}/hour; "
+          f"ratio {per_hour / TARGET_PER_HOUR:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
