@@ -63,7 +63,7 @@ def latency_protocol(exp: Experiment):
 
 def load_or_build_lut(exp: Experiment, space: SearchSpace, progress: bool = False):
     """The experiment's LUT: loaded (checked against the target) or built there, resumably."""
-    from evaluators.latency import LatencyLUT
+    from evaluators.latency.lut import LatencyLUT
 
     target = latency_target(exp)
     path = Path(exp.latency.lut)

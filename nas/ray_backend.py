@@ -34,6 +34,7 @@ from .objective import SearchContext, evaluate_candidate, latency_target, load_o
 from .records import TrialRecord, read_records, write_records
 
 LATENCY_RESOURCE = "latency_device"
+NUMBER_KEY = "_optuna_number"  # the Optuna trial number, added to each trial's config
 
 
 class DefineByRun:
@@ -49,7 +50,8 @@ class DefineByRun:
         if self._space is None:
             self._space = SearchSpace.from_dict(self.space_dict)
         self._space.suggest(trial)
-        return None
+        ot = getattr(trial, "ot_trial", trial)  # Tune wraps the Optuna trial in a captor
+        return {NUMBER_KEY: ot.number}
 
     def __getstate__(self):
         return {"space_dict": self.space_dict, "_space": None}
@@ -147,7 +149,8 @@ def trainable(config: dict, exp: Experiment = None, run_dir: str = "", lut=None,
     ctx = _context(exp, run_dir, lut)
     ctx_trial = tune.get_context()
     trial_id = ctx_trial.get_trial_id()
-    number = int(trial_id.rsplit("_", 1)[-1])
+    config = dict(config)
+    number = int(config.pop(NUMBER_KEY))
     seed_archs = exp.seed_architectures()
     in_space = [(n, a) for n, a in seed_archs if ctx.space.contains(a)]
     seed = in_space[number][0] if number < len(in_space) else None
@@ -212,15 +215,16 @@ def _stopped_record(trial, res: dict, state: str, reason: str) -> TrialRecord:
     from .objective import new_record
 
     exp: Experiment = _DRIVER["exp"]
-    arch = SearchSpace.from_dict(_DRIVER["space"]).decode(trial.config)
-    rec = new_record(arch, int(trial.trial_id.rsplit("_", 1)[-1]), trial_id=trial.trial_id)
+    config = dict(trial.config)
+    number = int(config.pop(NUMBER_KEY))
+    arch = SearchSpace.from_dict(_DRIVER["space"]).decode(config)
+    rec = new_record(arch, number, trial_id=trial.trial_id)
     rec.state, rec.reason = state, reason
     rec.accuracy = float(res.get("accuracy_epoch", float("nan")))
     rec.epochs = int(res.get("epoch", 0) or 0)
     rec.stopped_early = state == "PRUNED"
     rec.finished = time.time()
     rec.started = rec.finished - float(res.get("time_total_s", 0.0) or 0.0)
-    _ = exp
     return rec
 
 
@@ -253,8 +257,12 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] 
         on_records: Optional[Callable[[list[TrialRecord]], None]] = None) -> list[TrialRecord]:
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"  # save experiment state after every step
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the new output engine prints to stdout even at verbose=0
+    import optuna
     import ray
     from ray import tune
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     from .optuna_backend import make_sampler
 
