@@ -10,6 +10,8 @@ FAIL and why, and the search goes on.
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import json
 import math
 import threading
@@ -105,6 +107,7 @@ class SearchContext:
         self._latency = None
         self._worker = None
         self._lock = threading.Lock()  # one measurement at a time, whatever the concurrency
+        self.node = ""  # set by a backend that knows better than host:pid (Ray node id)
 
     # ---- evaluators -------------------------------------------------------
     def accuracy_evaluator(self):
@@ -181,6 +184,7 @@ def evaluate_candidate(arch: Architecture, ctx: SearchContext, *, number: int, s
                        callback=None) -> TrialRecord:
     """Score ``arch``: latency (constraint), then accuracy. Failures become FAIL records, never raise."""
     rec = new_record(arch, number, seed=seed, in_space=in_space, trial_id=trial_id)
+    rec.node = ctx.node or f"{socket.gethostname()}:{os.getpid()}"
     rec.started = time.time()
     stage = "latency"
     try:

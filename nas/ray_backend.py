@@ -17,7 +17,8 @@ accuracy (tell them PRUNED: only trials whose final report carries
   recorded once). Experiment state is saved after every step
   (``TUNE_GLOBAL_CHECKPOINT_S=0``) so ``--resume`` restarts only unfinished trials.
 * Nothing checkpointed holds a lambda: the define-by-run space, searcher and
-  callback are module-level classes.
+  callback are module-level classes (this module imports Ray at the top; the
+  CLI imports it only when the ray backend runs).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ import os
 import time
 from pathlib import Path
 from typing import Callable, Optional
+
+from optuna.trial import TrialState
+from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
 
 from search_space import Architecture
 
@@ -57,36 +62,31 @@ class DefineByRun:
         return {"space_dict": self.space_dict, "_space": None}
 
 
-def _searcher_class():
-    from ray.tune.search.optuna import OptunaSearch
-    from optuna.trial import TrialState
+class ConstrainedOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna the latency constraint, PRUNED early stops and FAIL failures."""
 
-    class ConstrainedOptunaSearch(OptunaSearch):
-        """OptunaSearch that tells Optuna the latency constraint, PRUNED early stops and FAIL failures."""
+    def __init__(self, *args, constraint_key: Optional[str] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.constraint_key = constraint_key
 
-        def __init__(self, *args, constraint_key: Optional[str] = None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.constraint_key = constraint_key
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        state, values = TrialState.FAIL, None
+        if result and not error and result.get("final"):
+            if result.get("state") == "COMPLETE":
+                state = TrialState.COMPLETE
+                values = [result[m] for m in self.metric]
+                if self.constraint_key and result.get("constraint") is not None:
+                    ot_trial.set_constraint(self.constraint_key, result["constraint"])
+            elif result.get("state") == "PRUNED":
+                state = TrialState.PRUNED
+        elif result and not error:
+            state = TrialState.PRUNED  # stopped by the scheduler before its final report
+        self._ot_study.tell(ot_trial, values, state=state)
+        self._completed_trials.add(trial_id)
 
-        def on_trial_complete(self, trial_id, result=None, error=False):
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            ot_trial = self._ot_trials[trial_id]
-            state, values = TrialState.FAIL, None
-            if result and not error and result.get("final"):
-                if result.get("state") == "COMPLETE":
-                    state = TrialState.COMPLETE
-                    values = [result[m] for m in self.metric]
-                    if self.constraint_key and result.get("constraint") is not None:
-                        ot_trial.set_constraint(self.constraint_key, result["constraint"])
-                elif result.get("state") == "PRUNED":
-                    state = TrialState.PRUNED
-            elif result and not error:
-                state = TrialState.PRUNED  # stopped by the scheduler before its final report
-            self._ot_study.tell(ot_trial, values, state=state)
-            self._completed_trials.add(trial_id)
-
-    return ConstrainedOptunaSearch
 
 
 # ---- the trainable (runs in Ray workers) ------------------------------------------------
@@ -146,7 +146,10 @@ def trainable(config: dict, exp: Experiment = None, run_dir: str = "", lut=None,
     import torch
 
     torch.set_num_threads(max(1, threads))
+    import ray
+
     ctx = _context(exp, run_dir, lut)
+    ctx.node = ray.get_runtime_context().get_node_id()
     ctx_trial = tune.get_context()
     trial_id = ctx_trial.get_trial_id()
     config = dict(config)
@@ -157,7 +160,7 @@ def trainable(config: dict, exp: Experiment = None, run_dir: str = "", lut=None,
     arch = ctx.space.decode(config)
     cb = _report_epoch if exp.search.scheduler == "asha" else None
     rec = evaluate_candidate(arch, ctx, number=number, seed=seed, trial_id=trial_id, callback=cb)
-    tune.report({"final": True, "state": rec.state, "accuracy": rec.accuracy, "latency_ms": rec.latency_ms,
+    tune.report({"final": True, "state": rec.state, "accuracy": rec.accuracy, "accuracy_epoch": rec.accuracy, "latency_ms": rec.latency_ms,
                  "params": rec.params, "macs": rec.macs,
                  "constraint": None if rec.constraint != rec.constraint else rec.constraint,
                  "record": rec.to_dict()})
@@ -173,40 +176,36 @@ def _seed_task(exp_json: str, run_dir: str, lut, index: int, name: str, arch_dic
 
 # ---- driver side ------------------------------------------------------------------------
 
-def _records_callback_class():
-    from ray.tune import Callback
+class RecordsCallback(Callback):
+    """Writes trials.jsonl/.csv on the driver as trials finish (one record per Tune trial id)."""
 
-    class RecordsCallback(Callback):
-        """Writes trials.jsonl/.csv on the driver as trials finish (one record per Tune trial id)."""
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self.on_records = None  # set by the driver after construction/restore; not pickled
 
-        def __init__(self, run_dir: str):
-            self.run_dir = run_dir
-            self.on_records = None  # set by the driver after construction/restore; not pickled
+    def _write(self, rec: TrialRecord):
+        recs = {r.trial_id: r for r in read_records(self.run_dir)}
+        if rec.trial_id in recs:
+            return
+        recs[rec.trial_id] = rec
+        write_records(self.run_dir, list(recs.values()))
+        if self.on_records:
+            self.on_records(list(recs.values()))
 
-        def _write(self, rec: TrialRecord):
-            recs = {r.trial_id: r for r in read_records(self.run_dir)}
-            if rec.trial_id in recs:
-                return
-            recs[rec.trial_id] = rec
-            write_records(self.run_dir, list(recs.values()))
-            if self.on_records:
-                self.on_records(list(recs.values()))
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        res = trial.last_result or {}
+        if res.get("final") and res.get("record"):
+            self._write(TrialRecord.from_dict(res["record"]))
+        else:  # stopped by the scheduler before its final report
+            self._write(_stopped_record(trial, res, "PRUNED", "stopped early by the scheduler"))
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            res = trial.last_result or {}
-            if res.get("final") and res.get("record"):
-                self._write(TrialRecord.from_dict(res["record"]))
-            else:  # stopped by the scheduler before its final report
-                self._write(_stopped_record(trial, res, "PRUNED", "stopped early by the scheduler"))
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._write(_stopped_record(trial, trial.last_result or {}, "FAIL",
+                                    f"trial error: {str(trial.error_file or '')}"))
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._write(_stopped_record(trial, trial.last_result or {}, "FAIL",
-                                        f"trial error: {str(trial.error_file or '')}"))
+    def __getstate__(self):
+        return {"run_dir": self.run_dir, "on_records": None}
 
-        def __getstate__(self):
-            return {"run_dir": self.run_dir, "on_records": None}
-
-    return RecordsCallback
 
 
 def _stopped_record(trial, res: dict, state: str, reason: str) -> TrialRecord:
@@ -290,14 +289,14 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] 
         fn = tune.with_parameters(trainable, exp=exp, run_dir=str(run_dir), lut=lut)
         res = {k: v for k, v in exp.search.resources.items()}
         fn = tune.with_resources(fn, {"cpu": res.pop("cpu", 1), "gpu": res.pop("gpu", 0), **res})
-        cb_cls = _records_callback_class()
+        cb_cls = RecordsCallback
         if resume and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=False,
                                        restart_errored=False)
             callback = next((c for c in tuner._local_tuner._run_config.callbacks or [] if isinstance(c, cb_cls)), None)
         else:
             callback = cb_cls(str(run_dir))
-            searcher = _searcher_class()(
+            searcher = ConstrainedOptunaSearch(
                 space=DefineByRun(space.to_dict()), metric=list(exp.objectives),
                 mode=["max" if d == "maximize" else "min" for d in exp.directions],
                 points_to_evaluate=[space.params_of(a) for _, a in exp.seed_architectures() if space.contains(a)],

@@ -50,6 +50,7 @@ class TrialRecord:
     stopped_early: bool = False
     checkpoint: Optional[str] = None
     trial_id: str = ""  # backend's id (Optuna trial number / Ray Tune trial id)
+    node: str = ""  # where it ran: host:pid (Optuna) or the Ray node id
     accuracy_extra: dict = field(default_factory=dict)
     latency_extra: dict = field(default_factory=dict)
 
@@ -92,7 +93,7 @@ def _json_safe(v):
 CSV_COLUMNS = ["number", "state", "reason", "seed", "in_space", "accuracy", "latency_ms",
                "latency_source", "latency_measured_ms", "params", "macs", "constraint", "feasible",
                "seconds", "accuracy_seconds", "latency_seconds", "epochs", "stopped_early",
-               "checkpoint", "trial_id", "arch_key", "arch"]
+               "checkpoint", "trial_id", "node", "arch_key", "arch"]
 
 
 def write_records(run_dir: str | Path, records: Sequence[TrialRecord]) -> None:

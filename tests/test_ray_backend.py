@@ -1,0 +1,95 @@
+"""The Ray Tune backend against a real local Ray (no mocks): search, SIGKILL + resume, the extended searcher."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from test_search_common import front_from_csv, kill_group, records, start_cli, tiny_experiment, wait_for_records
+
+
+@pytest.fixture(scope="module")
+def lut_path(tmp_path_factory):
+    """A real lookup table of the tiny space, measured once with a short protocol."""
+    from nas.experiment import load_experiment
+    from nas.objective import load_or_build_lut
+
+    tmp = tmp_path_factory.mktemp("lut")
+    exp = load_experiment(tiny_experiment(tmp))
+    exp = exp.model_copy(update={"latency": exp.latency.model_copy(update={"mode": "lut", "lut": str(tmp / "lut.json")})})
+    load_or_build_lut(exp, exp.load_space())
+    return tmp / "lut.json"
+
+
+def ray_experiment(tmp, lut_path, **kw):
+    import yaml
+
+    p = tiny_experiment(tmp, backend="ray", **kw)
+    d = yaml.safe_load(p.read_text())
+    d["latency"].update(mode="lut", lut=str(lut_path))
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def test_ray_search_sigkill_then_resume(tmp_path, lut_path, cli):
+    exp = ray_experiment(tmp_path, lut_path, name="rk", trials=12, budget_ms=1.0,
+                         seeds=["shufflenet_v2_x0_5_cifar"])
+    run_dir = tmp_path / "run"
+    proc = start_cli("search", exp, "--json", "--no-onnx", cwd=tmp_path, log=tmp_path / "first.log")
+    wait_for_records(run_dir, 3, proc)
+    assert proc.poll() is None, "the search finished before the kill; the test proves nothing"
+    kill_group(proc)  # the driver and its private Ray cluster
+    before = records(run_dir)
+    assert 3 <= sum(r["number"] >= 0 for r in before) < 12
+    r = cli("search", exp, "--resume", "--json", "--no-onnx", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = records(run_dir)
+    ids = [x["trial_id"] for x in after]
+    assert len(ids) == len(set(ids))
+    by_id = {x["trial_id"]: x for x in after}
+    for b in before:
+        assert by_id[b["trial_id"]]["started"] == b["started"]
+    sampled = [x for x in after if x["number"] >= 0]
+    assert sorted(x["number"] for x in sampled) == list(range(12))
+    # the preset lies outside the tiny space: evaluated as a seed trial, marked, numbered -1;
+    # the tiny LUT has no entry for its blocks, so it fails with that reason and stays off the front
+    seed = by_id["seed-0"]
+    assert seed["seed"] == "shufflenet_v2_x0_5_cifar" and seed["in_space"] is False
+    assert seed["state"] == "FAIL" and "LUT" in seed["reason"].upper()
+    assert all(x["latency_source"] == "lut" for x in sampled)
+    assert all(x["feasible"] == (x["latency_ms"] <= 1.0) for x in sampled)
+    summary = json.loads(r.stdout)
+    front = json.loads((run_dir / "pareto" / "front.json").read_text())
+    assert {m["arch_key"] for m in front["members"]} == front_from_csv(run_dir / "trials.csv")
+    assert summary["front_size"] == len(front["members"]) > 0
+    assert all(m["latency_measured_ms"] > 0 for m in front["members"])  # LUT front re-measured
+
+
+def test_searcher_tells_constraint_pruned_and_fail():
+    """The extended OptunaSearch: constraint reaches Optuna; early stops are PRUNED; failures FAIL."""
+    from optuna.trial import TrialState
+
+    from nas.ray_backend import NUMBER_KEY, ConstrainedOptunaSearch, DefineByRun
+    from search_space import SearchSpace
+    from conftest import TINY_SPACE
+
+    space = SearchSpace.from_yaml(TINY_SPACE)
+    s = ConstrainedOptunaSearch(space=DefineByRun(space.to_dict()), metric=["accuracy", "latency_ms"],
+                          mode=["max", "min"], constraint_key="latency_ms")
+    cfgs = [s.suggest(f"t{i}") for i in range(4)]
+    assert [c[NUMBER_KEY] for c in cfgs] == [0, 1, 2, 3]
+    s.on_trial_complete("t0", {"final": True, "state": "COMPLETE", "accuracy": 0.9, "latency_ms": 3.0,
+                               "constraint": 1.0})
+    s.on_trial_complete("t1", {"accuracy_epoch": 0.5, "epoch": 1, "final": False})  # stopped by ASHA
+    s.on_trial_complete("t2", {"final": True, "state": "FAIL"})
+    s.on_trial_complete("t3", None, error=True)
+    trials = s._ot_study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.FAIL]
+    assert trials[0].constraints == {"latency_ms": 1.0} and trials[0].values == [0.9, 3.0]
+    assert s._ot_study.best_trials == []  # infeasible: never on the front
+    import pickle
+
+    pickle.loads(pickle.dumps(s))  # Tune checkpoints the searcher: no lambdas
+    assert math.isfinite(trials[0].values[0])
