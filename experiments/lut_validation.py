@@ -1,0 +1,101 @@
+"""Latency lookup table vs measurement on held-out random architectures.
+
+    python experiments/lut_validation.py [--space experiments/spaces/lut_imagenet.yaml] [--samples 30]
+
+Builds (or resumes, or reuses) the table for the space on this machine
+(ONNX Runtime, 1 thread, batch 1, the space's input size), measures
+``--samples`` random architectures that were not used for calibration, one
+worker session, and prints MAPE, the share within +/-5% and +/-10% and the
+rank correlations beside the published anchors. Writes
+``experiments/results/lut_<space>.json`` (the table) and
+``experiments/results/lut_validation_<space>.{txt,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from evaluators.latency import LatencyLUT, LatencyTarget, MeasurementProtocol, held_out_sample, validate_lut
+from evaluators.latency.validation import ANCHORS
+from search_space import load_space
+from search_space.io import atomic_write_json, atomic_write_text
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SPACES = Path(__file__).resolve().parent / "spaces"
+GOALS = {"within_10": 0.95, "mape": 0.05, "spearman": 0.98}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--space", default=str(SPACES / "lut_imagenet.yaml"), help="space file or built-in name")
+    ap.add_argument("--samples", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--calibration", type=int, default=10)
+    ap.add_argument("--rebuild", action="store_true", help="measure the table again from scratch")
+    args = ap.parse_args(argv)
+
+    space = load_space(args.space)
+    target = LatencyTarget(threads=args.threads)
+    lut_path = RESULTS / f"lut_{space.name}.json"
+    if args.rebuild and lut_path.exists():
+        lut_path.unlink()
+    load0 = os.getloadavg()[0]
+    reuse = lut_path.exists() and json.loads(lut_path.read_text()).get("meta", {}).get("complete")
+    t0 = time.time()
+    lut = (LatencyLUT.load(lut_path, target=target) if reuse else
+           LatencyLUT.build(space, target, MeasurementProtocol.quick(), progress=True, path=lut_path,
+                            calibration=args.calibration))
+    build_s = time.time() - t0
+    archs = held_out_sample(lut, space, args.samples, seed=args.seed)
+    t0 = time.time()
+    rep = validate_lut(lut, archs)
+    o = lut.overhead
+    lines = [
+        f"LUT validation: space {space.name} ({space.spec.input_size}x{space.spec.input_size}), "
+        f"{target.describe()}",
+        f"machine: {lut.machine.get('cpu')}, {lut.machine.get('cores')} cores, torch {lut.machine.get('torch')}, "
+        f"onnxruntime {lut.machine.get('onnxruntime')}",
+        f"table: {len(lut):,} blocks ({'reused' if reuse else f'built in {build_s:.0f} s'}), "
+        f"{lut.meta.get('flagged_entries', 0)} flagged; correction {o.get('fit')}: a={o['a']:.3f}, "
+        f"c={o.get('c_ms', 0) * 1000:.1f} us/block, b={o['b_ms'] * 1000:.1f} us "
+        f"(calibration MAPE {o.get('fit_mape', float('nan')):.2%} on {len(o.get('calibration', []))} networks)",
+        f"load average: {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end "
+        f"(2 cores shared; > 1 means the numbers are disturbed)",
+        "",
+        f"{'metric':<16}{'measured':>10}   goal",
+        f"{'architectures':<16}{rep['n']:>10d}   >= 30 held out",
+        f"{'MAPE':<16}{rep['mape']:>10.2%}   < 5%",
+        f"{'within +/-5%':<16}{rep['within_5']:>10.1%}",
+        f"{'within +/-10%':<16}{rep['within_10']:>10.1%}   >= 95%",
+        f"{'Spearman':<16}{rep.get('spearman', float('nan')):>10.3f}   >= 0.98",
+        f"{'Kendall':<16}{rep.get('kendall', float('nan')):>10.3f}",
+        f"{'max |error|':<16}{rep['max_abs_error']:>10.2%}",
+        f"{'flagged':<16}{rep['flagged']:>10d}   measurements whose spread stayed above threshold",
+        f"{'drift':<16}{rep['drift'].get('worst_ratio', 1.0):>10.3f}   worst reference ratio during validation",
+        "",
+        "published anchors (share within +/-10%): " + "; ".join(f"{k} {v:.1%}" for k, v in ANCHORS.items()),
+        "goals met: " + ", ".join(f"{k} {'yes' if _met(k, rep) else 'NO'}" for k in GOALS),
+        f"validation took {time.time() - t0:.0f} s",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(RESULTS / f"lut_validation_{space.name}.txt", text + "\n")
+    atomic_write_json(RESULTS / f"lut_validation_{space.name}.json",
+                      {**rep, "space": space.name, "lut": str(lut_path.name), "loadavg_start": load0})
+    return 0
+
+
+def _met(key: str, rep: dict) -> bool:
+    v = rep.get(key, float("nan"))
+    return v < GOALS[key] if key == "mape" else v >= GOALS[key]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
