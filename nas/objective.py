@@ -65,7 +65,7 @@ def latency_protocol(exp: Experiment):
 
 def load_or_build_lut(exp: Experiment, space: SearchSpace, progress: bool = False):
     """The experiment's LUT: loaded (checked against the target) or built there, resumably."""
-    from evaluators.latency.lut import LatencyLUT
+    from evaluators.latency import LatencyLUT
 
     target = latency_target(exp)
     path = Path(exp.latency.lut)

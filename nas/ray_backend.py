@@ -271,6 +271,11 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] 
     started = init_ray(address, exp)
     try:
         lut = load_or_build_lut(exp, space) if exp.latency.mode == "lut" else None
+        if exp.latency.mode == "measured":  # created by the driver so it lives as long as the search
+            from evaluators.latency.ray_actor import latency_actor
+
+            actor = latency_actor(latency_target(exp), resource=LATENCY_RESOURCE,
+                                  **({"protocol": _protocol(exp)} if exp.latency.protocol else {}))
         storage, name = str(run_dir / "ray"), "tune"
         path = os.path.join(storage, name)
         # out-of-space seeds: evaluated as Ray tasks before the search (not told to the sampler)

@@ -17,7 +17,9 @@ from conftest import ROOT, TINY_SPACE
 
 #: A short but real measurement protocol (ONNX Runtime, 1 thread) for tests.
 QUICK_PROTOCOL = {"warmup_runs": 2, "warmup_seconds": 0.0, "min_runs": 5, "min_seconds": 0.01,
-                  "max_attempts": 1, "reference_every": 0}
+                  "max_attempts": 1, "reference_every": 0,
+                  # tests do not wait behind other measurements on a shared machine
+                  "lock": False}
 
 
 def tiny_experiment(tmp: Path, *, name="t", trials=6, backend="optuna", seeds=(), accuracy=None,
