@@ -203,8 +203,8 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=20, help="architectures sampled from the fidelity space")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--supernet-epochs", type=int, default=25)
-    ap.add_argument("--supernet-lr", type=float, default=0.3)
+    ap.add_argument("--supernet-epochs", type=int, default=20)
+    ap.add_argument("--supernet-lr", type=float, default=0.1)
     ap.add_argument("--bn-batches", type=int, default=20)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--reverse", action="store_true",

@@ -17,6 +17,7 @@ class SupernetConfig:
     weight_decay: float = 4e-5  # SPOS's value
     label_smoothing: float = 0.1
     warmup_steps: int = 50
+    grad_clip: Optional[float] = 5.0  # max gradient L2 norm per step: one bad path must not wreck shared weights
     seed: int = 0
     threads: int = 1
     subset: Optional[int] = None  # images drawn from the training set (then split train/val)

@@ -131,6 +131,9 @@ def train_supernet(space: SearchSpace, data, config: SupernetConfig = SupernetCo
                                         f"lower the learning rate (--lr)")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_([p for p in net.weights.values() if p.grad is not None],
+                                                   config.grad_clip)
                 opt.step()
                 seen += len(y)
                 correct += int((logits.argmax(1) == y).sum())
