@@ -112,16 +112,23 @@ class _ActorLatency:
         self.exp = exp
         self.actor = None
 
-    def __call__(self, arch: Architecture):
-        import ray
+    def __getstate__(self):
+        return {"exp": self.exp, "actor": None}
 
-        from evaluators.base import LatencyResult
+    def connect(self):
         from evaluators.latency.ray_actor import latency_actor
 
         if self.actor is None:
             self.actor = latency_actor(latency_target(self.exp), resource=LATENCY_RESOURCE,
                                        **({"protocol": _protocol(self.exp)} if self.exp.latency.protocol else {}))
-        d = ray.get(self.actor.latency.remote(arch.to_dict()))
+        return self.actor
+
+    def __call__(self, arch: Architecture):
+        import ray
+
+        from evaluators.base import LatencyResult
+
+        d = ray.get(self.connect().latency.remote(arch.to_dict()))
         return LatencyResult(**d) if isinstance(d, dict) else d
 
 
@@ -271,11 +278,9 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] 
     started = init_ray(address, exp)
     try:
         lut = load_or_build_lut(exp, space) if exp.latency.mode == "lut" else None
-        if exp.latency.mode == "measured":  # created by the driver so it lives as long as the search
-            from evaluators.latency.ray_actor import latency_actor
-
-            actor = latency_actor(latency_target(exp), resource=LATENCY_RESOURCE,
-                                  **({"protocol": _protocol(exp)} if exp.latency.protocol else {}))
+        measure = _ActorLatency(exp)
+        if exp.latency.mode == "measured" or exp.latency.remeasure_front:
+            measure.connect()  # created by the driver so that it lives as long as the search
         storage, name = str(run_dir / "ray"), "tune"
         path = os.path.join(storage, name)
         # out-of-space seeds: evaluated as Ray tasks before the search (not told to the sampler)
@@ -326,6 +331,11 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] 
         if callback is not None:
             callback.on_records = on_records
         tuner.fit()
+        if exp.latency.mode == "lut" or exp.latency.remeasure_front:
+            from .search import remeasure_front
+
+            with SearchContext(exp, run_dir, measure_fn=measure) as ctx:  # on the device's node
+                remeasure_front(exp, run_dir, ctx)
     finally:
         for ctx in _CTX.values():
             ctx.close()

@@ -146,8 +146,8 @@ def run_search(exp: Experiment, *, resume: bool = False, address: str | None = N
                             on_records=bar)
     finally:
         bar.close()
-    if exp.latency.mode == "lut" or exp.latency.remeasure_front:
-        remeasure_front(exp, run_dir)
+    if exp.search.backend == "optuna" and (exp.latency.mode == "lut" or exp.latency.remeasure_front):
+        remeasure_front(exp, run_dir)  # (the ray backend re-measures on the device's node itself)
     return finish(exp, run_dir, export=export, onnx=onnx, seconds=time.time() - t0)
 
 

@@ -1,0 +1,211 @@
+"""After a search: retrain the front and the hand-designed baselines the same way, test once, compare.
+
+This is how a searched front earns trust: every model -- the Pareto members
+picked from the run and the published baselines -- is trained from scratch
+with the *same* recipe on the *same* train/validation split, evaluated once
+on the test split, and its latency is re-measured in one measurement session
+with the search's target. Results go to ``RUN_DIR/retrain/``:
+
+    results.jsonl     one line per trained model (appended as each finishes: a killed run resumes)
+    latency.json      the re-measurement of every model, one session
+    table.md          the table (architecture, params, MFLOPs, latency, test accuracy, time)
+    front.png         test accuracy vs latency: searched front against the baselines
+    summary.json      everything above plus, per baseline, the best searched model at or
+                      under its latency (within the measured noise) and whether it wins
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import Field
+
+from search_space import Architecture, build_model, presets, profile
+from search_space.io import atomic_write_json, atomic_write_text
+from search_space.validation import Frozen
+
+from . import records as R
+from .experiment import Experiment, ExperimentError
+
+DEFAULT_BASELINES = (
+    "shufflenet_v2_x0_5_cifar", "shufflenet_v2_x1_0_cifar", "shufflenet_v2_x1_5_cifar",
+    "shufflenet_v2_x2_0_cifar", "shufflenet_v1_g3_cifar", "shufflenet_v1_g8_cifar",
+)
+
+
+class RetrainSpec(Frozen):
+    """The equal-budget comparison run after a search."""
+
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
+    #: how many Pareto members to retrain, picked evenly over the front's latency range
+    candidates: int = Field(6, ge=1, le=100)
+    #: keyword arguments of evaluators.training.TrainConfig, the same for every model
+    train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 30})
+    #: training images (None = the whole training split); val split as in the search
+    subset: Optional[int] = Field(None, ge=10)
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    #: relative latency difference treated as a tie (the measured noise floor here is ~3%)
+    latency_tolerance: float = Field(0.05, ge=0.0, lt=1.0)
+
+
+def pick_candidates(front: list[R.TrialRecord], n: int) -> list[R.TrialRecord]:
+    """``n`` members spread evenly over the front's latency range (all of them if fewer)."""
+    members = sorted(front, key=lambda r: r.latency_ms)
+    if len(members) <= n:
+        return members
+    idx = sorted({round(i * (len(members) - 1) / (n - 1)) for i in range(n)}) if n > 1 else [len(members) - 1]
+    return [members[i] for i in idx]
+
+
+def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec) -> list[tuple[str, str, Architecture]]:
+    recs = R.read_records(run_dir)
+    front = R.front(recs, exp.objectives)
+    if not front:
+        raise ExperimentError(f"{run_dir}: the run has no feasible completed trial to retrain")
+    out = [(f"trial{r.number}", "searched", Architecture.from_dict(r.arch)) for r in pick_candidates(
+        front, spec.candidates)]
+    out += [(name, "baseline", presets.get(name)) for name in spec.baselines]
+    return out
+
+
+def _done(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    done = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill: that model is retrained
+            continue
+        done[row["name"]] = row
+    return done
+
+
+def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, progress: bool = True,
+            log=print) -> dict:
+    """Train, test and re-measure every model; resumable (finished models are skipped)."""
+    from evaluators.data import load_dataset
+    from evaluators.latency import LatencyTarget, MeasurementProtocol, MeasurementWorker
+    from evaluators.training import TrainConfig, evaluate, train
+    import torch
+
+    run_dir = Path(run_dir)
+    out = run_dir / "retrain"
+    out.mkdir(parents=True, exist_ok=True)
+    models = _models(run_dir, exp, spec)
+    results_path = out / "results.jsonl"
+    done = _done(results_path)
+    config = TrainConfig(**{"seed": exp.search.seed, **spec.train})
+    data_cache: dict[int, Any] = {}
+    for name, kind, arch in models:
+        if name in done:
+            log(f"retrain: {name} already trained ({done[name]['test_acc']:.4f} test), skipped")
+            continue
+        size = arch.input_size
+        if size not in data_cache:
+            data_cache[size] = load_dataset(exp.data, input_size=size, in_channels=arch.in_channels,
+                                            subset=spec.subset, val_fraction=spec.val_fraction,
+                                            seed=exp.search.seed)
+        data = data_cache[size]
+        log(f"retrain: {name} ({kind}) for {config.epochs} epochs on {len(data.train)} images ...")
+        t0 = time.perf_counter()
+        res = train(arch, data, config, checkpoint=out / name / "weights.pt")
+        model = build_model(arch)
+        model.load_state_dict(torch.load(res.checkpoint, map_location="cpu", weights_only=True))
+        test_acc, test_loss = evaluate(model, data.test, data.mean, data.std)
+        p = profile(arch)
+        row = {"name": name, "kind": kind, "arch": arch.to_dict(), "params": p.params,
+               "mflops": round(p.mflops, 3), "val_acc": res.accuracy, "test_acc": test_acc,
+               "test_loss": test_loss, "train_seconds": round(res.seconds, 1),
+               "epochs": res.epochs, "train_images": len(data.train), "config": config.to_dict()}
+        (out / name).mkdir(exist_ok=True)
+        arch.to_yaml(out / name / "architecture.yaml")
+        with results_path.open("a") as fh:  # one whole line per finished model
+            fh.write(json.dumps(row) + "\n")
+        done[name] = row
+        log(f"retrain: {name}: test accuracy {test_acc:.4f} in {time.perf_counter() - t0:.0f} s")
+
+    target = LatencyTarget(**exp.latency.target)
+    protocol = MeasurementProtocol(**exp.latency.protocol) if exp.latency.protocol else None
+    log(f"retrain: re-measuring {len(models)} models in one session ({target.runtime}, "
+        f"{target.threads} thread(s)) ...")
+    latency = {}
+    with MeasurementWorker(target, protocol) as worker:
+        for name, _, arch in models:
+            latency[name] = worker.latency(arch).to_dict()
+    atomic_write_json(out / "latency.json", latency)
+    return summarise(out, [done[n] for n, _, _ in models], latency, spec)
+
+
+def summarise(out: Path, rows: list[dict], latency: dict, spec: RetrainSpec) -> dict:
+    for r in rows:
+        lat = latency[r["name"]]
+        r["latency_ms"], r["latency_iqr_rel"] = lat["median_ms"], lat["iqr_rel"]
+        r["latency_flagged"] = lat.get("flagged", False)
+    searched = [r for r in rows if r["kind"] == "searched"]
+    verdicts = []
+    for b in (r for r in rows if r["kind"] == "baseline"):
+        limit = b["latency_ms"] * (1 + spec.latency_tolerance)
+        rivals = [s for s in searched if s["latency_ms"] <= limit]
+        best = max(rivals, key=lambda s: s["test_acc"], default=None)
+        verdicts.append({
+            "baseline": b["name"], "baseline_latency_ms": b["latency_ms"], "baseline_test_acc": b["test_acc"],
+            "best_searched": best["name"] if best else None,
+            "searched_latency_ms": best["latency_ms"] if best else None,
+            "searched_test_acc": best["test_acc"] if best else None,
+            "wins": bool(best and best["test_acc"] > b["test_acc"]),
+        })
+    summary = {"models": rows, "comparison": verdicts, "latency_tolerance": spec.latency_tolerance}
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "table.md", markdown_table(rows, verdicts))
+    plot(rows, out / "front.png")
+    return summary
+
+
+def markdown_table(rows: list[dict], verdicts: list[dict]) -> str:
+    head = ("| model | kind | params | MFLOPs | latency ms (median, IQR/med) | test acc | val acc | train s |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|\n")
+    body = "".join(
+        f"| {r['name']} | {r['kind']} | {r['params']:,} | {r['mflops']:.1f} | "
+        f"{r['latency_ms']:.3f} ({100 * r['latency_iqr_rel']:.1f}%){' flagged' if r['latency_flagged'] else ''} | "
+        f"{100 * r['test_acc']:.2f}% | {100 * r['val_acc']:.2f}% | {r['train_seconds']:.0f} |\n"
+        for r in sorted(rows, key=lambda r: r["latency_ms"]))
+    comp = ("\n| baseline | its latency | its test acc | best searched at <= latency | latency | test acc | wins |\n"
+            "|---|---:|---:|---|---:|---:|---|\n")
+    comp += "".join(
+        f"| {v['baseline']} | {v['baseline_latency_ms']:.3f} | {100 * v['baseline_test_acc']:.2f}% | "
+        f"{v['best_searched'] or '(none)'} | "
+        + (f"{v['searched_latency_ms']:.3f} | {100 * v['searched_test_acc']:.2f}%" if v['best_searched'] else "- | -")
+        + f" | {'yes' if v['wins'] else 'no'} |\n" for v in verdicts)
+    return head + body + comp
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for kind, style in (("searched", dict(c="tab:blue", marker="o")), ("baseline", dict(c="tab:red", marker="s"))):
+        pts = sorted((r["latency_ms"], 100 * r["test_acc"], r["name"]) for r in rows if r["kind"] == kind)
+        if not pts:
+            continue
+        xs, ys, names = zip(*pts)
+        ax.plot(xs, ys, linestyle="-" if kind == "searched" else "none", label=kind, **style)
+        for x, y, n in pts:
+            ax.annotate(n.replace("shufflenet_", "").replace("_cifar", ""), (x, y), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("latency (ms, median, re-measured in one session)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Retrained at equal budget: searched vs hand-designed")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
