@@ -96,17 +96,17 @@ def test_worker_measures_and_reports_drift(tiny_arch):
     assert big.median_ms > r.median_ms and big.target["input_size"] == 64
 
 
-def test_cli_latency_json_and_errors(cli, tiny_arch, tmp_path, capsys):
+def test_cli_latency_json_and_errors(tiny_arch, tmp_path, capsys):
     path = tmp_path / "tiny.yaml"
     tiny_arch.to_yaml(path)
-    res = cli("latency", path, "--json", "--min-time", "0.05", "--runtime", "eager")
-    assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout)
+    # in-process: the command's own code path, without another interpreter start (the worker is still fresh)
+    assert main(["latency", str(path), "--json", "--min-time", "0.05", "--runtime", "eager"]) == 0
+    out = json.loads(capsys.readouterr().out)
     assert out["median_ms"] > 0 and out["target"]["runtime"] == "eager" and out["source"] == "measured"
     bad = [(["--runtime", "tflite"], "tflite"), (["--runtime", "onnxruntime", "--dtype", "bfloat16"], "float32")]
     if not torch.cuda.is_available():
         bad.append((["--device", "cuda"], "CUDA is not available"))
-    for args, words in bad:  # in-process: same code path as the command, without a new interpreter
+    for args, words in bad:
         assert main(["latency", str(path), *args]) == 2
         err = capsys.readouterr().err
         assert words in err and err.startswith("shufflenas: error:") and len(err.strip().splitlines()) == 1

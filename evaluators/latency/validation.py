@@ -14,6 +14,7 @@ from .target import MeasurementProtocol, machine_info
 from .worker import MeasurementWorker
 
 #: Published reference points (NOTES.md): share of models within +/-10%.
+MIN_FOR_DRIFT = 10
 ANCHORS = {"nn-Meter, mobile CPU": 0.990, "operator sum, CPU (nn-Meter paper)": 0.913}
 
 
@@ -48,10 +49,14 @@ def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: Measureme
     """Predict every architecture from ``lut`` and measure it in one worker session on ``lut.target``.
 
     Predictions are made first, so a table missing a block fails before anything is measured.
+    With ``MIN_FOR_DRIFT`` or more architectures the reference preset is measured before and after
+    (and every ``protocol.reference_every``), so the report says whether the machine drifted.
     ``same_machine`` tells whether this machine matches the table's processor and library versions.
     """
     predicted = [lut.predict(a) for a in archs]
     protocol = protocol or MeasurementProtocol()
+    if len(archs) < MIN_FOR_DRIFT:  # a reference before and after is worth it only for a longer session
+        protocol = protocol.model_copy(update={"reference_every": 0})
     with MeasurementWorker(lut.target, protocol) as w:
         results = [w.latency(a) for a in archs]
         if protocol.reference_every:
