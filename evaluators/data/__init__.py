@@ -12,6 +12,7 @@ is only for a final check after a search.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import torch
@@ -69,5 +70,5 @@ def load_dataset(spec: str | DatasetSpec, *, input_size: int, in_channels: int =
     mean, std = channel_stats(train)
     splits = DataSplits(name=str(DatasetSpec.parse(spec)), train=train, val=val,
                         num_classes=len(raw.classes), mean=mean, std=std, classes=list(raw.classes),
-                        _test=lambda: adapt(raw.test, input_size, in_channels))
+                        _test=partial(adapt, raw.test, input_size, in_channels))
     return splits

@@ -61,11 +61,13 @@ class DataSplits:
     mean: tuple[float, ...]  # per channel, on the [0, 1] scale, from the train split
     std: tuple[float, ...]
     classes: Sequence[str] = ()
-    _test: Callable[[], TensorData] = field(default=None, repr=False)
+    _test: Optional[Callable[[], TensorData]] = field(default=None, repr=False)  # picklable (Ray)
 
     @cached_property
     def test(self) -> TensorData:
         """The official test split; adapted on first use (the search never touches it)."""
+        if self._test is None:
+            raise DataError(f"dataset {self.name} was built without a test split")
         return self._test()
 
     @property

@@ -1,0 +1,258 @@
+"""Proxy training: train an Architecture from scratch for a short budget and score it.
+
+The recipe is SGD with Nesterov momentum, a linear warm-up then cosine decay
+to zero (stepped per batch), label smoothing and light augmentation; see
+``PROXY_BUDGETS`` for the per-dataset defaults and how they were chosen.
+Everything random draws from ``seed`` (weights via ``torch.manual_seed``,
+batch order and augmentation via a ``torch.Generator``) and the thread count
+is set explicitly, so one seed gives one accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search_space import Architecture, build_model
+from search_space.errors import ShuffleNASError
+from search_space.io import atomic_write_bytes
+
+from .base import AccuracyResult, EpochCallback
+from .data import DatasetSpec, DataSplits, TensorData, batches, load_dataset
+
+
+class TrainingError(ShuffleNASError):
+    """A training request that cannot run as given (mismatched data, bad budget)."""
+
+
+class TrainingDiverged(TrainingError):
+    """The loss became NaN or infinite; the search records the trial as failed."""
+
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    steps: Optional[int] = None  # if set, stop after this many optimiser steps (overrides epochs)
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    warmup: float = 0.1  # share of all steps spent warming the learning rate up linearly from ~0
+    seed: int = 0
+    threads: int = 1
+    augment: bool = True
+    optimizer: str = "sgd"  # "sgd" (Nesterov) or "adamw"
+
+    def __post_init__(self):
+        checks = {"epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
+                  "threads": self.threads >= 1, "steps": self.steps is None or self.steps >= 1,
+                  "warmup": 0 <= self.warmup < 1, "label_smoothing": 0 <= self.label_smoothing < 1,
+                  "momentum": 0 <= self.momentum < 1, "weight_decay": self.weight_decay >= 0,
+                  "optimizer": self.optimizer in OPTIMIZERS}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise TrainingError(f"invalid training setting {bad[0]}={getattr(self, bad[0])!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Default proxy budget per dataset (epochs, training subset), measured on 2 shared cores;
+#: see experiments/results/proxy_training_cifar10.txt and the train command's output.
+PROXY_BUDGETS: dict[str, dict] = {
+    "digits": {"epochs": 10, "subset": None},
+    "cifar10": {"epochs": 3, "subset": 10_000},
+    "fashion-mnist": {"epochs": 2, "subset": 10_000},
+    "mnist": {"epochs": 2, "subset": 10_000},
+    "folder": {"epochs": 10, "subset": None},
+}
+
+
+def proxy_budget(spec: str | DatasetSpec) -> dict:
+    """The default ``{"epochs": ..., "subset": ...}`` for a dataset spec."""
+    return dict(PROXY_BUDGETS[DatasetSpec.parse(spec).name])
+
+
+def _check_fit(arch: Architecture, data: DataSplits) -> None:
+    if arch.num_classes != data.num_classes:
+        raise TrainingError(f"architecture {arch.name or ''} has num_classes={arch.num_classes} but "
+                            f"dataset {data.name} has {data.num_classes} classes; set num_classes "
+                            f"(or use --adapt-classes)")
+    if (data.input_size, data.in_channels) != (arch.input_size, arch.in_channels):
+        raise TrainingError(f"dataset {data.name} was loaded at {data.input_size}px x {data.in_channels} "
+                            f"channels but the architecture expects {arch.input_size}px x "
+                            f"{arch.in_channels}; load it with input_size={arch.input_size}, "
+                            f"in_channels={arch.in_channels}")
+    if len(data.val) == 0 or len(data.train) == 0:
+        raise TrainingError(f"dataset {data.name} has {len(data.train)} train and {len(data.val)} "
+                            f"validation images; both must be non-empty (raise subset or val_fraction)")
+
+
+def _lr_factor(total: int, warmup: float) -> Callable[[int], float]:
+    w = int(round(total * warmup))
+
+    def factor(step: int) -> float:
+        if step < w:
+            return (step + 1) / (w + 1)
+        return 0.5 * (1.0 + math.cos(math.pi * (step - w) / max(1, total - w)))
+
+    return factor
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, mean, std, batch_size: int = 256) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` on ``data`` in eval mode, no augmentation."""
+    if len(data) == 0:
+        raise TrainingError("cannot evaluate on an empty split")
+    was_training = model.training
+    model.eval()
+    correct, loss = 0, 0.0
+    for x, y in batches(data, batch_size, shuffle=False, augment=False, generator=None, mean=mean, std=std):
+        out = model(x)
+        loss += F.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+    model.train(was_training)
+    return correct / len(data), loss / len(data)
+
+
+def save_checkpoint(model: nn.Module, path: str | Path) -> str:
+    """Write the state_dict atomically; load with ``torch.load(path, weights_only=True)``."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return str(atomic_write_bytes(path, buf.getvalue()))
+
+
+def train(arch: Architecture, data: DataSplits, config: TrainConfig,
+          callback: EpochCallback | None = None, checkpoint: str | Path | None = None,
+          model: nn.Module | None = None, progress: Callable[[int, int, float], None] | None = None
+          ) -> AccuracyResult:
+    """Train ``arch`` (or the given ``model``) from its initial weights; validation accuracy after each epoch.
+
+    ``callback(epoch, val_acc)`` returning True stops training after that epoch.
+    ``progress(step, total_steps, loss)`` is called after every optimiser step
+    (for a progress bar). Raises :class:`TrainingDiverged` on a NaN/inf loss.
+    """
+    _check_fit(arch, data)
+    start = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        torch.manual_seed(config.seed)
+        if model is None:
+            model = build_model(arch)
+        gen = torch.Generator().manual_seed(config.seed)
+        per_epoch = math.ceil(len(data.train) / config.batch_size)
+        total = config.steps if config.steps is not None else per_epoch * config.epochs
+        epochs = math.ceil(total / per_epoch)
+        decay, no_decay = [], []
+        for p in model.parameters():  # no weight decay on BN and biases
+            (no_decay if p.dim() <= 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": config.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        if config.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+        else:
+            opt = torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(total, config.warmup))
+        history, step, stopped, train_loss = [], 0, False, float("nan")
+        val_acc, val_loss = 0.0, float("nan")
+        model.train()
+        for epoch in range(1, epochs + 1):
+            run_loss, seen = 0.0, 0
+            for x, y in batches(data.train, config.batch_size, shuffle=True, augment=config.augment,
+                                generator=gen, mean=data.mean, std=data.std):
+                loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"{arch.name or 'architecture'}: training loss became {loss.item()} at epoch "
+                        f"{epoch}, step {step + 1} (lr {sched.get_last_lr()[0]:.3g}); lower the learning rate")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                run_loss += loss.item() * len(y)
+                seen += len(y)
+                if progress is not None:
+                    progress(step, total, loss.item())
+                if step >= total:
+                    break
+            train_loss = run_loss / max(1, seen)
+            val_acc, val_loss = evaluate(model, data.val, data.mean, data.std)
+            if not math.isfinite(val_loss):
+                raise TrainingDiverged(f"{arch.name or 'architecture'}: validation loss is {val_loss} "
+                                       f"after epoch {epoch}; lower the learning rate")
+            history.append({"epoch": epoch, "train_loss": round(train_loss, 5), "val_acc": val_acc,
+                            "val_loss": round(val_loss, 5), "seconds": round(time.perf_counter() - start, 3)})
+            if callback is not None and callback(epoch, val_acc) and step < total:
+                stopped = True
+                break
+        ckpt = save_checkpoint(model, checkpoint) if checkpoint is not None else None
+    finally:
+        torch.set_num_threads(threads_before)
+    return AccuracyResult(
+        accuracy=val_acc, loss=val_loss, seconds=time.perf_counter() - start, epochs=len(history),
+        stopped_early=stopped, checkpoint=ckpt,
+        extra={"steps": step, "train_images": len(data.train), "val_images": len(data.val),
+               "train_loss": train_loss, "history": history, "dataset": data.name, "config": config.to_dict()})
+
+
+def arch_key(arch: Architecture) -> str:
+    """A short stable name for an architecture's checkpoint file."""
+    return hashlib.sha1(arch.to_json().encode()).hexdigest()[:12]
+
+
+class ProxyTrainingEvaluator:
+    """:class:`~evaluators.base.AccuracyEvaluator` that trains each candidate for a short budget.
+
+    The dataset is loaded lazily, once per (input size, channels), at the
+    architecture's input; with ``adapt_classes`` a candidate's classifier is
+    resized to the dataset's class count instead of raising.
+    """
+
+    name = "proxy_training"
+
+    def __init__(self, data: str | DataSplits, config: TrainConfig, *, subset: Optional[int] = None,
+                 val_fraction: float = 0.1, seed: int = 0, checkpoint_dir: str | Path | None = None,
+                 adapt_classes: bool = False, root: Optional[str] = None):
+        if isinstance(data, str):
+            DatasetSpec.parse(data)  # fail now, not at the first trial
+        self.data, self.config = data, config
+        self.subset, self.val_fraction, self.seed, self.root = subset, val_fraction, seed, root
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.adapt_classes = adapt_classes
+        self._cache: dict[tuple[int, int], DataSplits] = {}
+
+    def splits(self, input_size: int, in_channels: int = 3) -> DataSplits:
+        if isinstance(self.data, DataSplits):
+            return self.data
+        key = (input_size, in_channels)
+        if key not in self._cache:
+            self._cache[key] = load_dataset(self.data, input_size=input_size, in_channels=in_channels,
+                                            subset=self.subset, val_fraction=self.val_fraction,
+                                            seed=self.seed, root=self.root)
+        return self._cache[key]
+
+    def evaluate(self, arch: Architecture, callback: EpochCallback | None = None) -> AccuracyResult:
+        data = self.splits(arch.input_size, arch.in_channels)
+        if self.adapt_classes and arch.num_classes != data.num_classes:
+            arch = arch.replace(num_classes=data.num_classes)
+        ckpt = self.checkpoint_dir / f"{arch_key(arch)}.pt" if self.checkpoint_dir is not None else None
+        return train(arch, data, self.config, callback=callback, checkpoint=ckpt)
+
+
+__all__ = ["TrainConfig", "train", "evaluate", "save_checkpoint", "ProxyTrainingEvaluator", "TrainingDiverged",
+           "TrainingError", "PROXY_BUDGETS", "proxy_budget", "arch_key"]

@@ -1,0 +1,135 @@
+"""Proxy training on tiny networks and data: determinism, callbacks, early stop, divergence, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from evaluators import AccuracyEvaluator
+from evaluators.data import load_dataset
+from evaluators.training import (ProxyTrainingEvaluator, TrainConfig, TrainingDiverged, TrainingError,
+                                 evaluate, train)
+from search_space import Architecture, build_model
+
+FAST = dict(batch_size=32, lr=0.05, threads=1)
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    return load_dataset("digits", input_size=16, subset=400, val_fraction=0.25, seed=0)
+
+
+def test_same_seed_same_accuracy_and_weights(tiny_arch, digits16, tmp_path):
+    cfg = TrainConfig(epochs=2, **FAST)
+    a = train(tiny_arch, digits16, cfg, checkpoint=tmp_path / "a.pt")
+    b = train(tiny_arch, digits16, cfg, checkpoint=tmp_path / "b.pt")
+    c = train(tiny_arch, digits16, TrainConfig(epochs=2, seed=1, **FAST), checkpoint=tmp_path / "c.pt")
+    assert a.accuracy == b.accuracy and a.loss == b.loss and a.extra["history"][0]["train_loss"] == \
+        b.extra["history"][0]["train_loss"]
+    wa, wb, wc = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "abc")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    model = build_model(tiny_arch)
+    model.load_state_dict(wa)
+    acc, loss = evaluate(model, digits16.val, digits16.mean, digits16.std)
+    assert acc == a.accuracy and math.isclose(loss, a.loss, rel_tol=1e-6)
+    assert a.epochs == 2 and not a.stopped_early and a.seconds > 0 and a.checkpoint.endswith("a.pt")
+    assert a.extra["steps"] == 2 * math.ceil(len(digits16.train) / 32)
+
+
+def test_short_training_beats_chance(tiny_arch, digits16):
+    r = train(tiny_arch, digits16, TrainConfig(epochs=4, batch_size=32, lr=0.2, warmup=0, augment=False))
+    assert r.accuracy > 0.5  # chance is 0.1
+    untrained = evaluate(build_model(tiny_arch), digits16.val, digits16.mean, digits16.std)
+    assert untrained[1] > r.loss
+
+
+def test_callback_once_per_epoch_and_early_stop(tiny_arch, digits16):
+    seen = []
+    r = train(tiny_arch, digits16, TrainConfig(epochs=3, steps=12, **FAST),
+              callback=lambda e, acc: seen.append((e, acc)))
+    per_epoch = math.ceil(len(digits16.train) / 32)
+    assert [e for e, _ in seen] == [1, 2] and r.extra["steps"] == 12 and 12 < 2 * per_epoch
+    assert seen[-1][1] == r.accuracy and all(0 <= acc <= 1 for _, acc in seen)
+
+    calls = []
+    stop = train(tiny_arch, digits16, TrainConfig(epochs=3, **FAST),
+                 callback=lambda e, acc: calls.append(e) or e == 1)
+    assert calls == [1] and stop.epochs == 1 and stop.stopped_early
+    assert stop.extra["steps"] == per_epoch
+    last = train(tiny_arch, digits16, TrainConfig(epochs=1, **FAST), callback=lambda e, acc: True)
+    assert not last.stopped_early  # asking to stop after the final epoch is not an early stop
+
+
+def test_nan_loss_raises_training_diverged(tiny_arch, digits16, tmp_path):
+    model = build_model(tiny_arch)
+    with torch.no_grad():
+        model.fc.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 1, step 1.*lower the learning rate"):
+        train(tiny_arch, digits16, TrainConfig(epochs=1, **FAST), model=model, checkpoint=tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_mismatches_and_bad_settings_are_one_line_errors(tiny_arch, digits16):
+    with pytest.raises(TrainingError, match="num_classes=5 .* 10 classes"):
+        train(tiny_arch.replace(num_classes=5), digits16, TrainConfig(epochs=1))
+    with pytest.raises(TrainingError, match="loaded at 16px .* expects 32px"):
+        train(tiny_arch.replace(input_size=32), digits16, TrainConfig(epochs=1))
+    for bad in ({"epochs": 0}, {"lr": 0.0}, {"warmup": 1.0}, {"threads": 0}, {"label_smoothing": -0.1}):
+        with pytest.raises(TrainingError, match=f"invalid training setting {next(iter(bad))}="):
+            TrainConfig(**bad)
+
+
+def test_proxy_evaluator_loads_once_per_input_size(tiny_arch, tmp_path, monkeypatch):
+    import evaluators.training as training
+
+    loads = []
+    real = training.load_dataset
+    monkeypatch.setattr(training, "load_dataset", lambda *a, **k: loads.append(k["input_size"]) or real(*a, **k))
+    ev = ProxyTrainingEvaluator("digits", TrainConfig(epochs=1, **FAST), subset=200, checkpoint_dir=tmp_path,
+                                adapt_classes=True)
+    assert isinstance(ev, AccuracyEvaluator) and ev.name == "proxy_training"
+    r1 = ev.evaluate(tiny_arch)
+    r2 = ev.evaluate(tiny_arch.replace(num_classes=3), callback=lambda e, a: None)
+    r3 = ev.evaluate(tiny_arch.replace(input_size=12))
+    assert loads == [16, 12] and r1.accuracy == r2.accuracy  # classifier adapted back to 10 classes
+    assert r3.extra["train_images"] == 180 and torch.load(r1.checkpoint, weights_only=True)
+    with pytest.raises(TrainingError, match="num_classes=3"):
+        ProxyTrainingEvaluator("digits", TrainConfig(epochs=1, **FAST), subset=200).evaluate(
+            tiny_arch.replace(num_classes=3))
+
+
+def test_cli_train_on_digits_prints_json(cli):
+    r = cli("train", "--preset", "shufflenet_v2_x0_5_cifar", "--data", "digits", "--subset", "200",
+            "--epochs", "1", "--threads", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["arch"] == "shufflenet_v2_x0_5_cifar" and out["epochs"] == 1 and 0 <= out["accuracy"] <= 1
+    assert out["seconds"] > 0 and out["train_images"] == 180 and out["val_images"] == 20
+    assert r.stderr == ""  # no progress bar with --json
+
+
+def test_cli_train_classes_test_split_and_outputs(tmp_path, tiny_arch, capsys):
+    from shufflenas.cli import main
+
+    arch_file = tmp_path / "five.yaml"
+    tiny_arch.replace(num_classes=5, name="five").to_yaml(arch_file)
+    assert main(["train", str(arch_file), "--data", "digits", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "num_classes=5 but digits has 10 classes; pass --adapt-classes" in err
+    assert main(["train", "--preset", "shufflenet_v2_x0_5_cifar", "--data", "imagenet"]) == 2
+    assert "unknown dataset 'imagenet'" in capsys.readouterr().err
+
+    run = tmp_path / "run"
+    assert main(["train", str(arch_file), "--data", "digits", "--subset", "100", "--epochs", "1",
+                 "--adapt-classes", "--test", "--out", str(run)]) == 0
+    cap = capsys.readouterr()
+    assert "num_classes 5 -> 10" in cap.err and "step" in cap.err  # notes and tqdm bar on stderr
+    rep = json.loads(cap.out)
+    assert rep["test_images"] == 359 and 0 <= rep["test_accuracy"] <= 1 and rep["num_classes"] == 10
+    model = build_model(Architecture.from_yaml(run / "arch.yaml"))
+    model.load_state_dict(torch.load(run / "model.pt", weights_only=True))
+    assert json.loads((run / "result.json").read_text())["accuracy"] == rep["accuracy"]
