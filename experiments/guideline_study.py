@@ -91,11 +91,13 @@ def main() -> int:
                for s, size, lab, _, m, cin, _ in configs]
     times: list[list[float]] = [[] for _ in configs]
     flags = [0] * len(configs)
+    shares: list[float] = []
     for rnd in range(ARGS.rounds):
         for i, run in enumerate(runners):
             r = measure_timed(run, protocol, lock_name=target.device)
             times[i].append(r["median_ms"])
             flags[i] += r["flagged"]
+            shares.append(r.get("cpu_share", float("nan")))
         print(f"round {rnd + 1}/{ARGS.rounds} done (load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
     med = [statistics.median(t) for t in times]
 
@@ -103,11 +105,13 @@ def main() -> int:
     lines = [f"ShuffleNet V2 guidelines on {m['cpu']} ({m['cores']} cores), {target.describe()}, "
              f"input {ARGS.resolution}x{ARGS.resolution}, {BLOCKS} blocks, median of {ARGS.rounds} interleaved rounds",
              f"torch {m['torch']}, onnxruntime {m['onnxruntime']}; load average {load0:.2f} at start, "
-             f"{os.getloadavg()[0]:.2f} at end (2 cores shared: >1 means disturbed)",
+             f"{os.getloadavg()[0]:.2f} at end (2 cores shared: >1 means disturbed); median CPU share of the "
+             f"timed loops {statistics.median(shares):.2f} (1.0 = a core to itself)",
              "The paper's absolute numbers (GPU/ARM batches per second) are not in NOTES.md; 'rel. speed' is",
              "speed relative to the first row of each group (1.00 = as fast as 1:1 / g=1), printed beside",
              "the paper's qualitative trend.", ""]
-    out = {"target": target.to_dict(), "machine": m, "loadavg_start": load0, "rows": []}
+    out = {"target": target.to_dict(), "machine": m, "loadavg_start": load0, "cpu_share_median": statistics.median(shares),
+           "rows": []}
     for study, title, trend in (
             ("G1", "G1: c1:c2 at fixed FLOPs (two 1x1 convs per block)",
              "paper: speed falls monotonically from 1:1 to 1:12 on GPU and ARM; 1:1 fastest"),

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         runs.append(r)
         print(f"  process {i + 1}/{args.n}: median {r['median_ms']:.3f} ms, IQR/median {r['iqr_rel']:.1%}, "
               f"{r['runs']} runs, attempts {r['attempts']}{', FLAGGED' if r['flagged'] else ''}, "
-              f"load {r['extra'].get('loadavg')}", flush=True)
+              f"load {r['extra'].get('loadavg')}, CPU share {r['extra'].get('cpu_share')}", flush=True)
     meds = [r["median_ms"] for r in runs]
     cv = statistics.stdev(meds) / statistics.mean(meds)
 
@@ -78,7 +78,8 @@ def main(argv=None) -> int:
         f"mean {statistics.mean(meds):.3f} ms, CV {cv:.2%} (goal <= {GOAL_CV:.0%}; quiet-machine noise floor "
         f"{NOISE_FLOOR_CV:.1%}, NOTES.md) -> {'OK' if cv <= GOAL_CV else 'ABOVE GOAL'}",
         f"flagged runs: {sum(r['flagged'] for r in runs)}/{args.n}; repeated runs: "
-        f"{sum(r['attempts'] > 1 for r in runs)}/{args.n}",
+        f"{sum(r['attempts'] > 1 for r in runs)}/{args.n}; median CPU share of the worker "
+        f"{statistics.median(r['extra'].get('cpu_share') or float('nan') for r in runs):.2f} (1.0 = a core to itself)",
         "",
         f"V2 presets, median of {args.rounds} processes each (ms; NOTES.md quiet-machine ORT reference "
         f"1.6 / 5.4 / 8.4 / 17.6):",

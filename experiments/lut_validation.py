@@ -78,6 +78,8 @@ def main(argv=None) -> int:
         f"{'max |error|':<16}{rep['max_abs_error']:>10.2%}",
         f"{'flagged':<16}{rep['flagged']:>10d}   measurements whose spread stayed above threshold",
         f"{'drift':<16}{rep['drift'].get('worst_ratio', 1.0):>10.3f}   worst reference ratio during validation",
+        f"{'CPU share':<16}{rep.get('cpu_share_median') or float('nan'):>10.2f}   median share of wall time the "
+        f"worker ran (1.0 = had a core to itself)",
         "",
         "published anchors (share within +/-10%): " + "; ".join(f"{k} {v:.1%}" for k, v in ANCHORS.items()),
         "goals met: " + ", ".join(f"{k} {'yes' if _met(k, rep) else 'NO'}" for k in GOALS),

@@ -30,8 +30,13 @@ def summarise(samples_ms: list[float]) -> dict:
             "runs": int(a.size), "min_ms": float(a.min())}
 
 
-def time_runs(timed_run: TimedRun, protocol: MeasurementProtocol) -> list[float]:
-    """Warm up (at least ``warmup_runs`` and ``warmup_seconds``), then time until both minimums are met."""
+def time_runs(timed_run: TimedRun, protocol: MeasurementProtocol, usage: dict | None = None) -> list[float]:
+    """Warm up (at least ``warmup_runs`` and ``warmup_seconds``), then time until both minimums are met.
+
+    ``usage``, if given, receives ``cpu_share``: CPU time of this process over wall time of the
+    timed runs. With one thread it is ~1 on an idle machine; well below 1 means the worker was
+    descheduled (other load), so the wall-clock samples include waiting.
+    """
     p = protocol
     start, n = time.perf_counter(), 0
     warm_cap = start + max(p.warmup_seconds, p.max_seconds / 4)
@@ -41,7 +46,7 @@ def time_runs(timed_run: TimedRun, protocol: MeasurementProtocol) -> list[float]
         if time.perf_counter() > warm_cap:
             break
     samples: list[float] = []
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     while True:
         samples.append(timed_run())
         elapsed = time.perf_counter() - start
@@ -49,6 +54,8 @@ def time_runs(timed_run: TimedRun, protocol: MeasurementProtocol) -> list[float]
             break
         if len(samples) >= p.min_runs and elapsed >= p.min_seconds:
             break
+    if usage is not None and elapsed > 0:
+        usage["cpu_share"] = round((time.process_time() - cpu0) / elapsed, 3)
     return samples
 
 
@@ -60,8 +67,9 @@ def measure_timed(timed_run: TimedRun, protocol: MeasurementProtocol, lock_name:
     """
     attempts: list[dict] = []
     for _ in range(protocol.max_attempts):
+        usage: dict = {}
         with device_lock(lock_name, enabled=protocol.lock):
-            stats = summarise(time_runs(timed_run, protocol))
+            stats = {**summarise(time_runs(timed_run, protocol, usage)), **usage}
         attempts.append(stats)
         if stats["iqr_rel"] <= protocol.spread_threshold:
             break

@@ -66,8 +66,10 @@ def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: Measureme
     here = machine_info(lut.target.device)
     keys = ("cpu", "torch", "onnxruntime")
     rows = [{"name": a.name, "predicted_ms": p, "measured_ms": r.median_ms, "error": (p - r.median_ms) / r.median_ms,
-             "iqr_rel": r.iqr_rel, "flagged": r.flagged, "arch": a.to_dict()}
+             "iqr_rel": r.iqr_rel, "flagged": r.flagged, "cpu_share": r.extra.get("cpu_share"), "arch": a.to_dict()}
             for a, p, r in zip(archs, predicted, results)]
+    shares = [r.extra["cpu_share"] for r in results if r.extra.get("cpu_share") is not None]
     return {**error_metrics(predicted, measured), "flagged": sum(r.flagged for r in results),
+            "cpu_share_median": float(np.median(shares)) if shares else None,
             "target": lut.target.to_dict(), "same_machine": all(lut.machine.get(k) == here.get(k) for k in keys),
             "machine": here, "drift": drift, "anchors_within_10": ANCHORS, "rows": rows}

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 import weakref
 from typing import Sequence, overload
 
@@ -30,6 +31,10 @@ from search_space.blocks import Block, block_dict
 
 from ..base import LatencyResult
 from .target import ExportError, LatencyError, LatencyTarget, MeasurementProtocol, check_available
+
+class LatencyDriftWarning(UserWarning):
+    """The reference network's latency moved beyond ``protocol.drift_threshold`` during a session."""
+
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 START_TIMEOUT_S = 180
@@ -50,7 +55,7 @@ class MeasurementWorker:
         self.references: list[dict] = []  # {"at": count, "median_ms", "iqr_rel", "time"}
         self._proc: subprocess.Popen | None = None
         self._stderr = None
-        self._mutex = threading.Lock()
+        self._mutex = threading.RLock()  # one request at a time; latency() may nest a reference run
         self._finalizer = None
 
     # ---- process lifetime ---------------------------------------------------
@@ -117,23 +122,30 @@ class MeasurementWorker:
     def latency(self, arch: Architecture) -> LatencyResult:
         """Measure ``arch`` (at the target's input size) on the target."""
         arch = self.target.apply(arch)
-        self._maybe_reference()
-        raw = self._request({"op": "arch", "arch": arch.to_dict()})
-        self.count += 1
-        return self._result(raw, name=arch.name)
+        with self._mutex:
+            self._maybe_reference()
+            raw = self._request({"op": "arch", "arch": arch.to_dict()})
+            self.count += 1
+            return self._result(raw, name=arch.name)
 
     def block_latency(self, block: Block) -> dict:
         """Raw timing statistics of one block, as the lookup table stores them."""
-        self._maybe_reference()
-        raw = self._request({"op": "block", "block": block_dict(block)})
-        self.count += 1
-        return raw
+        with self._mutex:
+            self._maybe_reference()
+            raw = self._request({"op": "block", "block": block_dict(block)})
+            self.count += 1
+            return raw
 
     def reference(self) -> LatencyResult:
         """Measure the reference preset now and record it for drift detection."""
         raw = self._request({"op": "reference"})
         self.references.append({"at": self.count, "median_ms": raw["median_ms"], "iqr_rel": raw["iqr_rel"],
                                 "time": time.time(), "loadavg": raw.get("loadavg")})
+        d = self.drift()
+        if d["drifted"] and abs(d["latest_ratio"] - 1) > self.protocol.drift_threshold:
+            warnings.warn(f"latency drift: reference {d['reference']} now {d['latest_ms']:.3f} ms, "
+                          f"{d['latest_ratio']:.2f}x its first measurement ({d['baseline_ms']:.3f} ms); "
+                          f"the machine's speed changed (load, thermal, frequency)", LatencyDriftWarning, stacklevel=2)
         return self._result(raw, name=self.protocol.reference)
 
     def drift(self) -> dict:
@@ -155,7 +167,7 @@ class MeasurementWorker:
             self.reference()
 
     def _result(self, raw: dict, name: str | None) -> LatencyResult:
-        extra = {k: raw[k] for k in ("min_ms", "spreads", "loadavg") if k in raw}
+        extra = {k: raw[k] for k in ("min_ms", "spreads", "loadavg", "cpu_share") if k in raw}
         extra["name"] = name
         extra["worker_pid"] = self.pid
         if len(self.references) >= 2:

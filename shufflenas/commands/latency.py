@@ -77,7 +77,8 @@ def latency(preset, arch_file, device, runtime, threads, batch, input_size, dtyp
     text = table([_result_row(arch.name, r)]) + f"\ntarget: {target.describe()}"
     if r.flagged:
         text += (f"\nwarning: spread IQR/median {r.iqr_rel:.1%} stayed above the threshold after "
-                 f"{r.attempts} attempts (load average {r.extra.get('loadavg')}); the machine is busy")
+                 f"{r.attempts} attempts (load average {r.extra.get('loadavg')}, worker ran "
+                 f"{r.extra.get('cpu_share', float('nan')):.0%} of the wall time); the machine is busy")
     emit(r.to_dict(), as_json, text)
 
 
