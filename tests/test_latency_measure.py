@@ -110,3 +110,13 @@ def test_cli_latency_json_and_errors(tiny_arch, tmp_path, capsys):
         assert main(["latency", str(path), *args]) == 2
         err = capsys.readouterr().err
         assert words in err and err.startswith("shufflenas: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_drift_report_from_reference_history():
+    w = MeasurementWorker(LatencyTarget(), MeasurementProtocol(drift_threshold=0.1))  # not started
+    assert w.drift() == {"reference": "shufflenet_v2_x0_5", "checks": 0, "threshold": 0.1, "drifted": False}
+    w.references = [{"at": 0, "median_ms": 2.0}, {"at": 50, "median_ms": 2.1}]
+    assert not w.drift()["drifted"] and w.drift()["latest_ratio"] == pytest.approx(1.05)
+    w.references.append({"at": 100, "median_ms": 2.6})
+    d = w.drift()
+    assert d["drifted"] and d["worst_ratio"] == pytest.approx(1.3) and d["checks"] == 3
