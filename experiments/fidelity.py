@@ -102,7 +102,9 @@ def phase_truth(args) -> None:
     space, archs, data, budget = setup(args)
     path = args.out / "fidelity_truth.jsonl"
     config = TrainConfig(epochs=budget["epochs"], threads=args.threads, seed=args.seed)
-    order = range(len(archs) - 1, -1, -1) if args.reverse else range(len(archs))
+    order = [*range(args.start, len(archs)), *range(args.start)]
+    if args.reverse:
+        order.reverse()
     for i in order:
         if i in done(path):  # re-read: a second worker may run the other way
             continue
@@ -209,6 +211,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--reverse", action="store_true",
                     help="truth: take architectures from the last one (a second worker meets the first)")
+    ap.add_argument("--start", type=int, default=0, help="truth: begin at this architecture index (a third worker)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
