@@ -20,6 +20,7 @@ entries are skipped on restart::
 
     python experiments/fidelity.py truth &        # ground truth + train_1ep
     python experiments/fidelity.py cheap &        # zero-cost, then supernet
+    python experiments/fidelity.py repeat         # noise: first archs retrained, seed+1
     python experiments/fidelity.py report         # table of whatever finished
 """
 
@@ -39,11 +40,12 @@ CIFAR = os.environ.get("SHUFFLENAS_CIFAR10",
                        str(ROOT.parent / "shared" / "data" / "cifar10" / "cifar-10-python.tar.gz"))
 
 PUBLISHED = (
-    "Published supernet rank correlations for comparison: Yu et al. 2020 ('Evaluating the search "
-    "phase of NAS') and Zhang et al. 2020 ('Deeper insights into weight sharing') report Kendall tau "
-    "around 0.2-0.6 (and sometimes near 0) between one-shot and stand-alone accuracy; on NAS-Bench-201 "
-    "CIFAR-10, Abdelfattah et al. 2021 report Spearman rho of about 0.78 (synflow), 0.64 (grad_norm) "
-    "and Mellor et al. ~0.79 (NASWOT, per Abdelfattah's table)."
+    "Published points of comparison: Abdelfattah et al. 2021 (ICLR, abstract) report Spearman 0.82 between "
+    "final validation accuracy and their best zero-cost proxy on NAS-Bench-201, against 0.61 for EcoNAS "
+    "reduced training; ZiCo (Li et al., ICLR 2023) finds that no earlier zero-shot proxy beats #params "
+    "consistently; supernet-vs-stand-alone rank correlations in weight-sharing studies (Yu et al. 2020, "
+    "'How to train your super-net'; Ning et al. 2020, 'A surgery of the neural architecture evaluators') "
+    "depend strongly on the training heuristics, with Kendall tau of roughly 0.2-0.6 (the range issue #4 cites)."
 )
 
 
@@ -155,6 +157,21 @@ def phase_cheap(args) -> None:
         print(f"supernet {i}: acc {r.accuracy:.4f} {r.seconds:.1f}s", flush=True)
 
 
+def phase_repeat(args) -> None:
+    """Ground-truth noise: retrain the first architectures with seed + 1."""
+    from evaluators.training import TrainConfig, train
+
+    space, archs, data, budget = setup(args)
+    path = args.out / "fidelity_repeat.jsonl"
+    config = TrainConfig(epochs=budget["epochs"], threads=args.threads, seed=args.seed + 1)
+    for i in range(args.repeats):
+        if i in done(path):
+            continue
+        r = train(archs[i], data, config)
+        append(path, {"i": i, "seed": args.seed + 1, "accuracy": r.accuracy, "seconds": r.seconds})
+        print(f"repeat {i}: acc {r.accuracy:.4f} {r.seconds:.0f}s", flush=True)
+
+
 def report(args) -> str:
     import numpy as np
     from scipy.stats import kendalltau, spearmanr
@@ -176,6 +193,18 @@ def report(args) -> str:
              f"{max((r['accuracy'] for r in truth.values()), default=float('nan')):.3f})", "",
              "| evaluator | n | Kendall tau | Spearman rho | seconds / candidate | vs ground truth cost |",
              "|---|---|---|---|---|---|"]
+    if truth:  # how much of the ground truth's spread is measurement noise (binomial, on n_val images)
+        accs = np.array([r["accuracy"] for r in truth.values()])
+        se = float(np.sqrt(accs.mean() * (1 - accs.mean()) / 1000))
+        noise = [f"Spread of ground-truth accuracy across architectures: std "
+                 f"{accs.std(ddof=1) if len(accs) > 1 else 0:.4f}; binomial standard error of one accuracy on "
+                 f"1000 validation images: {se:.4f}."]
+        rep = [r for r in load(args.out / "fidelity_repeat.jsonl") if r["i"] in truth]
+        if rep:
+            diffs = [abs(r["accuracy"] - truth[r["i"]]["accuracy"]) for r in rep]
+            noise.append(f"Same architecture retrained with another seed ({len(rep)} architectures): "
+                         f"|accuracy difference| {', '.join(f'{d:.4f}' for d in diffs)} (mean {np.mean(diffs):.4f}).")
+        lines[1:1] = [" ".join(noise), ""]
     gt_cost = np.mean([r["seconds"] for r in truth.values()]) if truth else float("nan")
     for name, vals in rows.items():
         common = sorted(set(vals) & set(truth))
@@ -201,7 +230,7 @@ def report(args) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("phase", choices=["truth", "cheap", "report"])
+    ap.add_argument("phase", choices=["truth", "cheap", "repeat", "report"])
     ap.add_argument("--n", type=int, default=20, help="architectures sampled from the fidelity space")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -212,6 +241,7 @@ def main(argv=None) -> None:
     ap.add_argument("--reverse", action="store_true",
                     help="truth: take architectures from the last one (a second worker meets the first)")
     ap.add_argument("--start", type=int, default=0, help="truth: begin at this architecture index (a third worker)")
+    ap.add_argument("--repeats", type=int, default=2, help="repeat: architectures retrained with seed+1")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -219,6 +249,8 @@ def main(argv=None) -> None:
         phase_truth(args)
     elif args.phase == "cheap":
         phase_cheap(args)
+    elif args.phase == "repeat":
+        phase_repeat(args)
     print(report(args))
 
 
