@@ -74,12 +74,14 @@ def make_storage(exp: Experiment, run_dir: Path):
     raise ExperimentError(f"search.storage: {url!r} is not an RDB URL (postgresql://, mysql://, sqlite:///)")
 
 
-def open_study(exp: Experiment, run_dir: Path, *, create: bool):
+def open_study(exp: Experiment, run_dir: Path, *, create: bool, seed_offset: int = 0):
+    """The run's study. ``seed_offset`` gives each worker process, and each resumed run, its own
+    sampler stream (the same seed would propose the same candidates again)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kw = dict(study_name=exp.name, storage=make_storage(exp, run_dir),
-              sampler=make_sampler(exp.search.sampler, exp.search.seed, exp.search.trials))
+              sampler=make_sampler(exp.search.sampler, exp.search.seed + seed_offset, exp.search.trials))
     if create:
         return optuna.create_study(directions=exp.directions, load_if_exists=True, **kw)
     return optuna.load_study(**kw)
@@ -126,9 +128,9 @@ def tell(study, trial, rec: TrialRecord, exp: Experiment) -> None:
 
 
 def worker_loop(exp: Experiment, run_dir: Path, budget: Optional[int], deadline: Optional[float],
-                on_records: Optional[Callable[[list[TrialRecord]], None]] = None) -> None:
+                on_records: Optional[Callable[[list[TrialRecord]], None]] = None, seed_offset: int = 0) -> None:
     """Claim, evaluate and tell trials until the budget or the deadline is reached."""
-    study = open_study(exp, run_dir, create=False)
+    study = open_study(exp, run_dir, create=False, seed_offset=seed_offset)
     with SearchContext(exp, run_dir) as ctx:
         while True:
             trial = _claim(study, run_dir, budget, deadline)
@@ -143,10 +145,10 @@ def worker_loop(exp: Experiment, run_dir: Path, budget: Optional[int], deadline:
                 on_records(recs)
 
 
-def _process_main(exp_json: str, run_dir: str, budget, deadline) -> None:
+def _process_main(exp_json: str, run_dir: str, budget, deadline, seed_offset: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     exp = Experiment.model_validate_json(exp_json)
-    worker_loop(exp, Path(run_dir), budget, deadline)
+    worker_loop(exp, Path(run_dir), budget, deadline, seed_offset=seed_offset)
 
 
 def _recover_interrupted(study) -> int:
@@ -194,12 +196,14 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool,
     deadline = time.time() + exp.search.timeout_s if exp.search.timeout_s else None
     budget = exp.search.trials
     n = exp.search.concurrency
+    offset = len(study.get_trials(deepcopy=False))  # 0 on a fresh run: the seed alone decides it
     if n == 1:
-        worker_loop(exp, run_dir, budget, deadline, on_records)
+        worker_loop(exp, run_dir, budget, deadline, on_records, seed_offset=offset)
     else:
         ctx_mp = mp.get_context("spawn")
-        procs = [ctx_mp.Process(target=_process_main, args=(exp.model_dump_json(), str(run_dir), budget, deadline),
-                                daemon=False) for _ in range(n)]
+        procs = [ctx_mp.Process(target=_process_main, args=(exp.model_dump_json(), str(run_dir), budget, deadline,
+                                                                    offset + 100_003 * i),
+                                daemon=False) for i in range(n)]
         for p in procs:
             p.start()
         seen = -1

@@ -16,7 +16,8 @@ def finished_run(tmp_path_factory, tiny_arch_yaml):
     from conftest import run_cli
 
     tmp = tmp_path_factory.mktemp("optuna_run")
-    exp = tiny_experiment(tmp, trials=6, budget_ms=50.0, seeds=["shufflenet_v2_x0_5_cifar", str(tiny_arch_yaml)])
+    exp = tiny_experiment(tmp, trials=6, budget_ms=50.0, concurrency=2,
+                          seeds=["shufflenet_v2_x0_5_cifar", str(tiny_arch_yaml)])
     r = run_cli("search", exp, "--json", cwd=tmp)
     assert r.returncode == 0, r.stderr[-3000:]
     return tmp / "run", json.loads(r.stdout)
@@ -99,16 +100,18 @@ def test_export_and_report_commands_rerun(finished_run, cli):
     r = cli("export", run_dir, "--no-onnx", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["members"]
-    r = cli("report", run_dir, "--json")
-    assert r.returncode == 0, r.stderr
-    assert Path(json.loads(r.stdout)["report"]).stat().st_size > 100_000  # plotly.js inlined
+    from nas.report import write_report
+
+    page, _ = write_report(run_dir)
+    assert page.stat().st_size > 100_000  # plotly.js inlined
 
 
 def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
-    exp = tiny_experiment(tmp_path, name="kill", trials=8)
+    exp = tiny_experiment(tmp_path, name="kill", trials=6)
     run_dir = tmp_path / "run"
     proc = start_cli("search", exp, "--json", "--no-onnx", cwd=tmp_path, log=tmp_path / "first.log")
-    before = wait_for_records(run_dir, 3, proc)
+    wait_for_records(run_dir, 2, proc)
+    assert proc.poll() is None, "the search finished before the kill; the test proves nothing"
     kill_group(proc)
     before = records(run_dir)  # whatever finished up to the kill
     from conftest import run_cli
@@ -122,8 +125,8 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
     for b in before:  # every trial finished before the kill is still there, unchanged
         assert after_by_id[b["trial_id"]]["started"] == b["started"]
         assert after_by_id[b["trial_id"]]["arch_key"] == b["arch_key"]
-    assert len(after) == 8  # the budget, exactly: nothing lost, nothing evaluated twice
-    assert json.loads(r.stdout)["trials"] == 8
+    assert len(after) == 6  # the budget, exactly: nothing lost, nothing evaluated twice
+    assert json.loads(r.stdout)["trials"] == 6
 
 
 def test_resume_without_flag_refuses_and_bad_file_is_one_line(tmp_path, cli):
