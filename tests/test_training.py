@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from evaluators import AccuracyEvaluator
-from evaluators.data import load_dataset
+from evaluators.data import DataError, load_dataset
 from evaluators.training import (ProxyTrainingEvaluator, TrainConfig, TrainingDiverged, TrainingError,
-                                 evaluate, train)
+                                 evaluate, proxy_budget, proxy_config, train)
 from search_space import Architecture, build_model
 
-FAST = dict(batch_size=32, lr=0.05, threads=1)
+FAST = dict(batch_size=32, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,11 @@ def test_same_seed_same_accuracy_and_weights(tiny_arch, digits16, tmp_path):
 
 
 def test_short_training_beats_chance(tiny_arch, digits16):
-    r = train(tiny_arch, digits16, TrainConfig(epochs=4, batch_size=32, lr=0.2, warmup=0, augment=False))
+    r = train(tiny_arch, digits16, TrainConfig(epochs=4, augment=False, **FAST))
     assert r.accuracy > 0.5  # chance is 0.1
+    sgd = train(tiny_arch, digits16, TrainConfig(epochs=4, augment=False, optimizer="sgd", lr=0.2, warmup=0,
+                                                 weight_decay=5e-4, **FAST))
+    assert sgd.accuracy > 0.5 and sgd.extra["config"]["optimizer"] == "sgd"
     untrained = evaluate(build_model(tiny_arch), digits16.val, digits16.mean, digits16.std)
     assert untrained[1] > r.loss
 
@@ -78,9 +81,19 @@ def test_mismatches_and_bad_settings_are_one_line_errors(tiny_arch, digits16):
         train(tiny_arch.replace(num_classes=5), digits16, TrainConfig(epochs=1))
     with pytest.raises(TrainingError, match="loaded at 16px .* expects 32px"):
         train(tiny_arch.replace(input_size=32), digits16, TrainConfig(epochs=1))
-    for bad in ({"epochs": 0}, {"lr": 0.0}, {"warmup": 1.0}, {"threads": 0}, {"label_smoothing": -0.1}):
+    for bad in ({"epochs": 0}, {"lr": 0.0}, {"warmup": 1.0}, {"threads": 0}, {"label_smoothing": -0.1},
+                {"optimizer": "lion"}):
         with pytest.raises(TrainingError, match=f"invalid training setting {next(iter(bad))}="):
             TrainConfig(**bad)
+
+
+def test_proxy_budgets_per_dataset():
+    assert proxy_budget("cifar10:/x")["subset"] == 10_000 and proxy_budget("digits")["subset"] is None
+    cfg = proxy_config("digits", lr=0.5, batch_size=None)
+    assert cfg.lr == 0.5 and cfg.batch_size == TrainConfig().batch_size and cfg.augment is False
+    assert proxy_config("cifar10").augment is True
+    with pytest.raises(DataError):
+        proxy_budget("svhn")
 
 
 def test_proxy_evaluator_loads_once_per_input_size(tiny_arch, tmp_path, monkeypatch):

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import torch
+from tqdm import tqdm
 
 from evaluators.data import DatasetSpec, load_dataset
-from evaluators.training import TrainConfig, TrainingError, evaluate, proxy_budget, train as run_training
+from evaluators.training import (OPTIMIZERS, TrainConfig, TrainingError, evaluate, proxy_budget, proxy_config,
+                                 train as run_training)
 from search_space import build_model
 from search_space.io import atomic_write_json
 
@@ -24,27 +27,28 @@ from ..output import arch_options, emit, resolve_arch
               "(default: the dataset's proxy budget)")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True, min_open=True), default=0.1,
               show_default=True, help="share of those images held out for validation")
-@click.option("--batch-size", type=click.IntRange(1), default=TrainConfig.batch_size, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=TrainConfig.lr, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), help=f"default {TrainConfig.batch_size}")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), help=f"default {TrainConfig.lr}")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help=f"default {TrainConfig.optimizer}")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="torch threads; more than the idle cores is far slower (see the report)")
-@click.option("--no-augment", is_flag=True, help="no random crop / flip")
+@click.option("--augment/--no-augment", default=None, help="random crop (+ flip for natural images); "
+              "default: the dataset's proxy budget")
 @click.option("--adapt-classes", is_flag=True, help="resize the classifier to the dataset's class count")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="write model.pt (state_dict), arch.yaml and result.json here")
 @click.option("--test", "on_test", is_flag=True, help="also report accuracy on the official test split")
 @click.option("--json", "as_json", is_flag=True, help="one JSON line on stdout, no progress bar")
-def train(preset, arch_file, data_spec, epochs, steps, subset, val_fraction, batch_size, lr, seed, threads,
-          no_augment, adapt_classes, out, on_test, as_json):
+def train(preset, arch_file, data_spec, epochs, steps, subset, val_fraction, batch_size, lr, optimizer, seed,
+          threads, augment, adapt_classes, out, on_test, as_json):
     """Train an architecture from scratch for a short proxy budget (validation accuracy per epoch)."""
     arch = resolve_arch(preset, arch_file)
     spec = DatasetSpec.parse(data_spec)
     budget = proxy_budget(spec)
-    epochs = epochs or budget["epochs"]
     subset = budget["subset"] if subset is None else (subset or None)
-    config = TrainConfig(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                         threads=threads, augment=not no_augment)
+    config = proxy_config(spec, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                          seed=seed, threads=threads, augment=augment)
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
 
     data = load_dataset(spec, input_size=arch.input_size, in_channels=arch.in_channels, subset=subset,
@@ -57,11 +61,9 @@ def train(preset, arch_file, data_spec, epochs, steps, subset, val_fraction, bat
         arch = arch.replace(num_classes=data.num_classes)
     say(f"{data.name}: {len(data.train)} train / {len(data.val)} val images at {arch.input_size}x"
         f"{arch.input_size}x{arch.in_channels}; {arch.name or 'architecture'}: {config.epochs} epochs"
-        f"{f' (max {steps} steps)' if steps else ''}, batch {batch_size}, lr {lr}, {config.threads} threads")
+        f"{f' (max {steps} steps)' if steps else ''}, {config.optimizer} lr {config.lr}, batch {config.batch_size}"
+        f", augment {config.augment}, {config.threads} thread(s)")
 
-    from tqdm import tqdm
-
-    import torch
     torch.manual_seed(seed)  # train() reseeds the same way; building here keeps the model for --test
     model = build_model(arch)
     bar = tqdm(total=None, unit="step", disable=as_json, dynamic_ncols=True, leave=True)  # on stderr
