@@ -248,6 +248,14 @@ class ProxyTrainingEvaluator:
         self.adapt_classes = adapt_classes
         self._cache: dict[tuple[int, int], DataSplits] = {}
 
+    @classmethod
+    def default(cls, spec: str, *, checkpoint_dir: str | Path | None = None, adapt_classes: bool = False,
+                **config_overrides) -> "ProxyTrainingEvaluator":
+        """The dataset's default proxy budget (``PROXY_BUDGETS``), with TrainConfig fields overridden."""
+        subset = config_overrides.pop("subset", proxy_budget(spec)["subset"])
+        return cls(spec, proxy_config(spec, **config_overrides), subset=subset, checkpoint_dir=checkpoint_dir,
+                   adapt_classes=adapt_classes)
+
     def splits(self, input_size: int, in_channels: int = 3) -> DataSplits:
         if isinstance(self.data, DataSplits):
             return self.data

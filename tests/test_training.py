@@ -94,6 +94,8 @@ def test_proxy_budgets_per_dataset():
     assert proxy_config("cifar10").augment is True
     with pytest.raises(DataError):
         proxy_budget("svhn")
+    ev = ProxyTrainingEvaluator.default("cifar10:/nowhere", epochs=1, threads=1)
+    assert ev.subset == 10_000 and ev.config.epochs == 1 and ev.config.optimizer == TrainConfig.optimizer
 
 
 def test_proxy_evaluator_loads_once_per_input_size(tiny_arch, tmp_path, monkeypatch):
