@@ -34,6 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_space import Architecture
 
+from . import tune_state
 from .experiment import Experiment, ExperimentError
 from .objective import SearchContext, evaluate_candidate, latency_target, load_or_build_lut
 from .records import TrialRecord, read_records, write_records
@@ -186,8 +187,9 @@ def _seed_task(exp_json: str, run_dir: str, lut, index: int, name: str, arch_dic
 class RecordsCallback(Callback):
     """Writes trials.jsonl/.csv on the driver as trials finish (one record per Tune trial id)."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, tune_dir: str):
         self.run_dir = run_dir
+        self.tune_dir = tune_dir
         self.on_records = None  # set by the driver after construction/restore; not pickled
 
     def _write(self, rec: TrialRecord):
@@ -200,6 +202,7 @@ class RecordsCallback(Callback):
             self.on_records(list(recs.values()))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        tune_state.snapshot(self.tune_dir)  # the last save is complete: keep a copy (see nas.tune_state)
         res = trial.last_result or {}
         if res.get("final") and res.get("record"):
             self._write(TrialRecord.from_dict(res["record"]))
@@ -207,11 +210,12 @@ class RecordsCallback(Callback):
             self._write(_stopped_record(trial, res, "PRUNED", "stopped early by the scheduler"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        tune_state.snapshot(self.tune_dir)
         self._write(_stopped_record(trial, trial.last_result or {}, "FAIL",
                                     f"trial error: {str(trial.error_file or '')}"))
 
     def __getstate__(self):
-        return {"run_dir": self.run_dir, "on_records": None}
+        return {"run_dir": self.run_dir, "tune_dir": self.tune_dir, "on_records": None}
 
 
 
@@ -220,7 +224,6 @@ def _stopped_record(trial, res: dict, state: str, reason: str) -> TrialRecord:
 
     from .objective import new_record
 
-    exp: Experiment = _DRIVER["exp"]
     config = dict(trial.config)
     number = int(config.pop(NUMBER_KEY))
     arch = SearchSpace.from_dict(_DRIVER["space"]).decode(config)
@@ -263,6 +266,8 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] 
         on_records: Optional[Callable[[list[TrialRecord]], None]] = None) -> list[TrialRecord]:
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"  # save experiment state after every step
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # per-epoch reports (for ASHA) carry only accuracy_epoch; the objectives come with the final one
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the new output engine prints to stdout even at verbose=0
     import optuna
     import ray
@@ -300,12 +305,14 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] 
         res = {k: v for k, v in exp.search.resources.items()}
         fn = tune.with_resources(fn, {"cpu": res.pop("cpu", 1), "gpu": res.pop("gpu", 0), **res})
         cb_cls = RecordsCallback
+        if resume and Path(path).is_dir():
+            tune_state.repair(path)
         if resume and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=False,
                                        restart_errored=False)
             callback = next((c for c in tuner._local_tuner._run_config.callbacks or [] if isinstance(c, cb_cls)), None)
         else:
-            callback = cb_cls(str(run_dir))
+            callback = cb_cls(str(run_dir), path)
             searcher = ConstrainedOptunaSearch(
                 space=DefineByRun(space.to_dict()), metric=list(exp.objectives),
                 mode=["max" if d == "maximize" else "min" for d in exp.directions],

@@ -1,4 +1,5 @@
-"""The Ray Tune backend against a real local Ray (no mocks): search, SIGKILL + resume, the extended searcher."""
+"""The Ray Tune backend against a real local Ray (no mocks): search with ASHA on proxy training,
+SIGKILL + resume, the extended searcher."""
 
 from __future__ import annotations
 
@@ -35,8 +36,11 @@ def ray_experiment(tmp, lut_path, **kw):
 
 
 def test_ray_search_sigkill_then_resume(tmp_path, lut_path, cli):
-    exp = ray_experiment(tmp_path, lut_path, name="rk", trials=12, budget_ms=1.0,
-                         seeds=["shufflenet_v2_x0_5_cifar"])
+    # 2 trials at a time, each 3 epochs of proxy training on 300 digits images; ASHA stops weak ones
+    exp = ray_experiment(tmp_path, lut_path, name="rk", trials=12, budget_ms=1.0, concurrency=2,
+                         scheduler="asha", seeds=["shufflenet_v2_x0_5_cifar"],
+                         accuracy={"method": "proxy_training", "subset": 300,
+                                   "train": {"epochs": 3, "batch_size": 32, "threads": 1}})
     run_dir = tmp_path / "run"
     proc = start_cli("search", exp, "--json", "--no-onnx", cwd=tmp_path, log=tmp_path / "first.log")
     wait_for_records(run_dir, 3, proc)
@@ -62,6 +66,9 @@ def test_ray_search_sigkill_then_resume(tmp_path, lut_path, cli):
     assert seed["seed"] == "shufflenet_v2_x0_5_cifar" and seed["in_space"] is False
     assert seed["state"] == "FAIL" and "LUT" in seed["reason"].upper()
     assert all(x["latency_source"] == "lut" for x in sampled)
+    pruned = [x for x in sampled if x["state"] == "PRUNED"]
+    assert pruned and all(x["stopped_early"] for x in pruned), [(x["state"], x["epochs"]) for x in sampled]
+    assert all(x["state"] == "COMPLETE" and x["epochs"] == 3 for x in sampled if x not in pruned)
     assert all(x["feasible"] == (x["latency_ms"] <= 1.0) for x in sampled)
     summary = json.loads(r.stdout)
     front = json.loads((run_dir / "pareto" / "front.json").read_text())
