@@ -108,7 +108,7 @@ def _check_fit(arch: Architecture, data: DataSplits) -> None:
                             f"channels but the architecture expects {arch.input_size}px x "
                             f"{arch.in_channels}; load it with input_size={arch.input_size}, "
                             f"in_channels={arch.in_channels}")
-    if len(data.val) == 0 or len(data.train) == 0:
+    if len(data.val) == 0 or len(data.train) < 2:
         raise TrainingError(f"dataset {data.name} has {len(data.train)} train and {len(data.val)} "
                             f"validation images; both must be non-empty (raise subset or val_fraction)")
 
@@ -166,7 +166,8 @@ def train(arch: Architecture, data: DataSplits, config: TrainConfig,
         if model is None:
             model = build_model(arch)
         gen = torch.Generator().manual_seed(config.seed)
-        per_epoch = math.ceil(len(data.train) / config.batch_size)
+        full, rest = divmod(len(data.train), config.batch_size)
+        per_epoch = full + (rest >= 2)  # a last batch of 1 is skipped: BatchNorm cannot train on it
         total = config.steps if config.steps is not None else per_epoch * config.epochs
         epochs = math.ceil(total / per_epoch)
         decay, no_decay = [], []
@@ -186,6 +187,8 @@ def train(arch: Architecture, data: DataSplits, config: TrainConfig,
             run_loss, seen = 0.0, 0
             for x, y in batches(data.train, config.batch_size, shuffle=True, augment=config.augment,
                                 generator=gen, mean=data.mean, std=data.std):
+                if len(y) < 2:
+                    continue
                 loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
