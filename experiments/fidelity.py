@@ -139,9 +139,10 @@ def phase_cheap(args) -> None:
     ckpt = args.out / "fidelity_supernet.pt"
     cfg = SupernetConfig(epochs=args.supernet_epochs, lr=args.supernet_lr, threads=args.threads,
                          seed=args.seed, subset=budget["subset"])
-    t0 = time.perf_counter()
-    train_supernet(space, data, cfg, out=ckpt, progress=not args.quiet)
-    print(f"supernet trained/resumed in {time.perf_counter() - t0:.0f}s this run", flush=True)
+    if not args.score_only:
+        t0 = time.perf_counter()
+        train_supernet(space, data, cfg, out=ckpt, progress=not args.quiet)
+        print(f"supernet trained/resumed in {time.perf_counter() - t0:.0f}s this run", flush=True)
     net = load_supernet(ckpt)
     train_seconds = sum(h["seconds"] for h in net.history)
     spath = args.out / "fidelity_supernet.jsonl"
@@ -152,7 +153,8 @@ def phase_cheap(args) -> None:
             continue
         r = ev.evaluate(arch)
         append(spath, {"i": i, "accuracy": r.accuracy, "seconds": r.seconds,
-                       "supernet_epochs": net.epoch, "supernet_train_seconds": train_seconds,
+                       "supernet_epochs": net.epoch, "supernet_planned_epochs": net.config.epochs,
+                       "supernet_train_seconds": train_seconds,
                        "bn_batches": args.bn_batches})
         print(f"supernet {i}: acc {r.accuracy:.4f} {r.seconds:.1f}s", flush=True)
 
@@ -218,7 +220,8 @@ def report(args) -> str:
         lines.append(f"| {name} | {len(common)} | {tau:.3f} | {rho:.3f} | {cost:.2f} | "
                      f"{cost / gt_cost:.4f}x |")
     if sup:
-        lines += ["", f"Supernet: {sup[0]['supernet_epochs']} epochs of one-path training took "
+        lines += ["", f"Supernet: {sup[0]['supernet_epochs']} epochs (of {sup[0].get('supernet_planned_epochs', '?')} "
+                      f"planned, cosine schedule) of one-path training took "
                       f"{sup[0]['supernet_train_seconds']:.0f} s once (= {sup[0]['supernet_train_seconds'] / gt_cost:.1f}"
                       f" ground-truth trainings; {sup[0]['supernet_train_seconds'] / max(1, len(sup)):.0f} s per "
                       f"candidate amortised over {len(sup)}); BN recalibrated on {sup[0]['bn_batches']} batches of 64."]
@@ -242,6 +245,8 @@ def main(argv=None) -> None:
                     help="truth: take architectures from the last one (a second worker meets the first)")
     ap.add_argument("--start", type=int, default=0, help="truth: begin at this architecture index (a third worker)")
     ap.add_argument("--repeats", type=int, default=2, help="repeat: architectures retrained with seed+1")
+    ap.add_argument("--score-only", action="store_true",
+                    help="cheap: score with the supernet checkpoint as it is (training stopped early for time)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
