@@ -43,8 +43,12 @@ OPTIMIZERS = ("sgd", "adamw")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One proxy-training recipe. The defaults are the measured best for short budgets
-    (AdamW beat SGD+Nesterov at 3 epochs on digits and CIFAR-10; see ``PROXY_BUDGETS``)."""
+    """One proxy-training recipe; the defaults are AdamW + warm-up/cosine + label smoothing.
+
+    Measured at 3 epochs, shufflenet_v2_x0_5_cifar, same seed, batch 32: digits 98.6% val (AdamW
+    lr 0.01) vs 95.8% (SGD+Nesterov lr 0.1); CIFAR-10 10k subset 44.0% vs 45.8% on 1k val images,
+    a tie. AdamW is kept because one learning rate must suit every candidate of a search, and SGD
+    at lr 0.2 without warm-up collapsed to 12-33% on digits where AdamW never did."""
 
     epochs: int = 3
     steps: Optional[int] = None  # if set, stop after this many optimiser steps (overrides epochs)
