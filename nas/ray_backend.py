@@ -201,8 +201,12 @@ class RecordsCallback(Callback):
         if self.on_records:
             self.on_records(list(recs.values()))
 
+    def _snapshot(self, trial):
+        """Keep a complete copy of Tune's last saved state (see :mod:`nas.tune_state`)."""
+        tune_state.snapshot(trial.storage.experiment_driver_staging_path, self.tune_dir)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        tune_state.snapshot(self.tune_dir)  # the last save is complete: keep a copy (see nas.tune_state)
+        self._snapshot(trial)
         res = trial.last_result or {}
         if res.get("final") and res.get("record"):
             self._write(TrialRecord.from_dict(res["record"]))
@@ -210,7 +214,7 @@ class RecordsCallback(Callback):
             self._write(_stopped_record(trial, res, "PRUNED", "stopped early by the scheduler"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        tune_state.snapshot(self.tune_dir)
+        self._snapshot(trial)
         self._write(_stopped_record(trial, trial.last_result or {}, "FAIL",
                                     f"trial error: {str(trial.error_file or '')}"))
 

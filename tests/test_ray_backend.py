@@ -75,6 +75,11 @@ def test_ray_search_sigkill_then_resume(tmp_path, lut_path, cli):
     assert {m["arch_key"] for m in front["members"]} == front_from_csv(run_dir / "trials.csv")
     assert summary["front_size"] == len(front["members"]) > 0
     assert all(m["latency_measured_ms"] > 0 for m in front["members"])  # LUT front re-measured
+    import yaml
+
+    for m in front["members"]:  # the export's per-block breakdown carries the LUT's latency per block
+        cand = yaml.safe_load((run_dir / "pareto" / m["folder"] / "candidate.yaml").read_text())
+        assert all(b["lut_ms"] is not None and b["lut_ms"] > 0 for b in cand["blocks"])
 
 
 def test_searcher_tells_constraint_pruned_and_fail():
