@@ -66,22 +66,25 @@ def train(preset, arch_file, data_spec, epochs, steps, subset, val_fraction, bat
 
     torch.manual_seed(seed)  # train() reseeds the same way; building here keeps the model for --test
     model = build_model(arch)
-    bar = tqdm(total=None, unit="step", disable=as_json, dynamic_ncols=True, leave=True)  # on stderr
+    bars = []  # made at the first step, when the total is known; tqdm writes to stderr
 
     def progress(step, total, loss):
-        bar.total = total
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        if not bars:
+            bars.append(tqdm(total=total, unit="step", disable=as_json, dynamic_ncols=True, desc="epoch 1"))
+        bars[0].update(1)
+        bars[0].set_postfix(loss=f"{loss:.3f}", refresh=False)
 
     def per_epoch(epoch, acc):
-        bar.set_description(f"epoch {epoch} val {acc:.3f}")
+        if bars:
+            bars[0].set_description(f"val {acc:.3f} after epoch {epoch}")
 
     ckpt = out / "model.pt" if out else None
     try:
         result = run_training(arch, data, config, callback=per_epoch, checkpoint=ckpt, model=model,
                               progress=progress)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     report = {"arch": arch.name, "dataset": data.name, "accuracy": result.accuracy, "loss": result.loss,
               "seconds": round(result.seconds, 3), "epochs": result.epochs,
               "stopped_early": result.stopped_early, "checkpoint": result.checkpoint,
