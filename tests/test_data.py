@@ -45,7 +45,7 @@ def test_digits_adapted_to_rgb_32_with_fixed_test_split():
     a = load_dataset("digits", input_size=32, seed=0)
     b = load_dataset("digits", input_size=32, seed=1, subset=500, val_fraction=0.2)
     assert a.train.x.shape[1:] == (3, 32, 32) and a.train.x.dtype == torch.uint8
-    assert a.num_classes == 10 and a.name == "digits" and not a.train.flip
+    assert a.num_classes == 10 and a.name == "digits" and not a.train.flip and a.source_shape == (1, 8, 8)
     assert len(a.train) + len(a.val) + len(a.test) == 1797
     assert (len(b.train), len(b.val)) == (400, 100)
     assert torch.equal(a.test.x, b.test.x)  # the held-out test part never depends on the seed

@@ -144,7 +144,8 @@ def test_cli_train_classes_test_split_and_outputs(tmp_path, tiny_arch, capsys):
     assert main(["train", str(arch_file), "--data", "digits", "--subset", "100", "--epochs", "1",
                  "--adapt-classes", "--test", "--out", str(run)]) == 0
     cap = capsys.readouterr()
-    assert "num_classes 5 -> 10" in cap.err and "step" in cap.err  # notes and tqdm bar on stderr
+    assert "num_classes 5 -> 10" in cap.err and "8x8x1 -> 16x16x3" in cap.err
+    assert "step" in cap.err  # tqdm bar on stderr
     rep = json.loads(cap.out)
     assert rep["test_images"] == 359 and 0 <= rep["test_accuracy"] <= 1 and rep["num_classes"] == 10
     model = build_model(Architecture.from_yaml(run / "arch.yaml"))

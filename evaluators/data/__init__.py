@@ -70,5 +70,6 @@ def load_dataset(spec: str | DatasetSpec, *, input_size: int, in_channels: int =
     mean, std = channel_stats(train)
     splits = DataSplits(name=str(DatasetSpec.parse(spec)), train=train, val=val,
                         num_classes=len(raw.classes), mean=mean, std=std, classes=list(raw.classes),
+                        source_shape=tuple(raw.train.x.shape[1:]),
                         _test=partial(adapt, raw.test, input_size, in_channels))
     return splits

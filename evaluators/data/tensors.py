@@ -61,6 +61,7 @@ class DataSplits:
     mean: tuple[float, ...]  # per channel, on the [0, 1] scale, from the train split
     std: tuple[float, ...]
     classes: Sequence[str] = ()
+    source_shape: tuple[int, ...] = ()  # C, H, W of the images as stored, before adaptation
     _test: Optional[Callable[[], TensorData]] = field(default=None, repr=False)  # picklable (Ray)
 
     @cached_property
@@ -81,7 +82,7 @@ class DataSplits:
     def summary(self) -> dict:
         return {"name": self.name, "train": len(self.train), "val": len(self.val),
                 "num_classes": self.num_classes, "input_size": self.input_size,
-                "in_channels": self.in_channels}
+                "in_channels": self.in_channels, "source_shape": list(self.source_shape)}
 
 
 def adapt(data: TensorData, input_size: int, in_channels: int, chunk: int = 4096) -> TensorData:

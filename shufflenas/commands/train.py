@@ -59,7 +59,8 @@ def train(preset, arch_file, data_spec, epochs, steps, subset, val_fraction, bat
                                 f"{data.num_classes} classes; pass --adapt-classes to resize the classifier")
         say(f"adapted the classifier: num_classes {arch.num_classes} -> {data.num_classes}")
         arch = arch.replace(num_classes=data.num_classes)
-    say(f"{data.name}: {len(data.train)} train / {len(data.val)} val images at {arch.input_size}x"
+    c, h, w = data.source_shape
+    say(f"{data.name}: {len(data.train)} train / {len(data.val)} val images, {h}x{w}x{c} -> {arch.input_size}x"
         f"{arch.input_size}x{arch.in_channels}; {arch.name or 'architecture'}: {config.epochs} epochs"
         f"{f' (max {steps} steps)' if steps else ''}, {config.optimizer} lr {config.lr}, batch {config.batch_size}"
         f", augment {config.augment}, {config.threads} thread(s)")
