@@ -32,7 +32,7 @@ from ..output import arch_options, emit, resolve_arch
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help=f"default {TrainConfig.optimizer}")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
-              help="torch threads; more than the idle cores is far slower (see the report)")
+              help="torch threads; more threads than idle cores is many times slower on a busy machine")
 @click.option("--augment/--no-augment", default=None, help="random crop (+ flip for natural images); "
               "default: the dataset's proxy budget")
 @click.option("--adapt-classes", is_flag=True, help="resize the classifier to the dataset's class count")
