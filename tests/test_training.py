@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 
 import pytest
 import torch
@@ -114,6 +115,8 @@ def test_proxy_evaluator_loads_once_per_input_size(tiny_arch, tmp_path, monkeypa
     r3 = ev.evaluate(tiny_arch.replace(input_size=12))
     assert loads == [16, 12] and r1.accuracy == r2.accuracy  # classifier adapted back to 10 classes
     assert r3.extra["train_images"] == 180 and torch.load(r1.checkpoint, weights_only=True)
+    shipped = pickle.loads(pickle.dumps(ev))  # Ray sends evaluators (with their loaded data) to workers
+    assert shipped.evaluate(tiny_arch).accuracy == r1.accuracy and len(shipped.splits(16).test) == 359
     with pytest.raises(TrainingError, match="num_classes=3"):
         ProxyTrainingEvaluator("digits", TrainConfig(epochs=1, **FAST), subset=200).evaluate(
             tiny_arch.replace(num_classes=3))
