@@ -33,6 +33,8 @@ ap.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "eag
 ap.add_argument("--threads", type=int, default=1)
 ap.add_argument("--rounds", type=int, default=3)
 ap.add_argument("--resolution", type=int, default=56)
+ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                help="cpu: per-run CPU time of the timing thread, a load-robust proxy (not latency)")
 ARGS = ap.parse_args()
 for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)  # before torch is imported
@@ -76,7 +78,7 @@ def g2_net(c: int, g: int) -> nn.Module:
 def main() -> int:
     torch.set_num_threads(ARGS.threads)
     target = LatencyTarget(runtime=ARGS.runtime, threads=ARGS.threads)
-    protocol = MeasurementProtocol(min_seconds=0.5, reference_every=0)
+    protocol = MeasurementProtocol(min_seconds=0.5, reference_every=0, clock=ARGS.clock)
     hw = ARGS.resolution ** 2
     configs = []  # (study, size, label, module, in_channels, mflops)
     for size, pairs in G1.items():
@@ -87,7 +89,7 @@ def main() -> int:
             c = g2_channels(base, g)
             configs.append(("G2", size, f"g={g}", (c,), g2_net(c, g), c, BLOCKS * hw * c * c / g / 1e6))
     load0 = os.getloadavg()[0]
-    runners = [make_timed_run(m, (cin, ARGS.resolution), target, f"{s} {size} {lab}")
+    runners = [make_timed_run(m, (cin, ARGS.resolution), target, f"{s} {size} {lab}", clock=ARGS.clock)
                for s, size, lab, _, m, cin, _ in configs]
     times: list[list[float]] = [[] for _ in configs]
     flags = [0] * len(configs)
@@ -103,7 +105,8 @@ def main() -> int:
 
     m = machine_info()
     lines = [f"ShuffleNet V2 guidelines on {m['cpu']} ({m['cores']} cores), {target.describe()}, "
-             f"input {ARGS.resolution}x{ARGS.resolution}, {BLOCKS} blocks, median of {ARGS.rounds} interleaved rounds",
+             f"input {ARGS.resolution}x{ARGS.resolution}, {BLOCKS} blocks, median of {ARGS.rounds} interleaved rounds, "
+             f"clock {ARGS.clock}" + (" (CPU time per run: load-robust proxy, not latency)" if ARGS.clock == "cpu" else ""),
              f"torch {m['torch']}, onnxruntime {m['onnxruntime']}; load average {load0:.2f} at start, "
              f"{os.getloadavg()[0]:.2f} at end (2 cores shared: >1 means disturbed); median CPU share of the "
              f"timed loops {statistics.median(shares):.2f} (1.0 = a core to itself)",
@@ -139,6 +142,7 @@ def main() -> int:
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "" if (ARGS.runtime, ARGS.threads) == ("onnxruntime", 1) else f"_{ARGS.runtime}_t{ARGS.threads}"
+    suffix += "_cpuclock" if ARGS.clock == "cpu" else ""
     atomic_write_text(RESULTS / f"guideline_study{suffix}.txt", text + "\n")
     atomic_write_json(RESULTS / f"guideline_study{suffix}.json", out)
     return 0

@@ -91,8 +91,8 @@ def test_worker_measures_and_reports_drift(tiny_arch):
     assert r.p90_ms >= r.median_ms and r.target["runtime"] == "onnxruntime"
     assert drift["checks"] == 2 and "latest_ratio" in drift and "drift_ratio" in r.extra
     # measure() starts a fresh worker per call; bigger input costs more
-    big = measure(tiny_arch, LatencyTarget(input_size=64), QUICK)
-    assert big.extra["worker_pid"] != r.extra["worker_pid"]
+    big = measure(tiny_arch, LatencyTarget(input_size=64), QUICK.model_copy(update={"clock": "cpu"}))
+    assert big.extra["worker_pid"] != r.extra["worker_pid"] and big.extra["clock"] == "cpu"
     assert big.median_ms > r.median_ms and big.target["input_size"] == 64
 
 
@@ -106,6 +106,7 @@ def test_cli_latency_json_and_errors(tiny_arch, tmp_path, capsys):
     bad = [(["--runtime", "tflite"], "tflite"), (["--runtime", "onnxruntime", "--dtype", "bfloat16"], "float32")]
     if not torch.cuda.is_available():
         bad.append((["--device", "cuda"], "CUDA is not available"))
+    bad.append((["--clock", "cpu", "--threads", "2"], "threads 1"))
     for args, words in bad:
         assert main(["latency", str(path), *args]) == 2
         err = capsys.readouterr().err

@@ -237,6 +237,7 @@ class LatencyLUT:
         return LatencyResult(median_ms=self._correct(block_sum, len(ms)), source="lut",
                              target=self.target.to_dict(),
                              extra={"name": arch.name, "block_sum_ms": block_sum, "blocks": len(ms),
+                                    "clock": self.protocol.clock,
                                     "lut": str(self.path) if self.path else None})
 
     # ---- measured fallback -------------------------------------------------------------

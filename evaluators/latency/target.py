@@ -104,6 +104,10 @@ class MeasurementProtocol(Frozen):
     reference_every: int = Field(50, ge=0)  # measurements between reference runs; 0 = never
     drift_threshold: float = Field(0.10, gt=0)  # |reference / baseline - 1| that counts as drift
     lock: bool = True  # hold a machine-wide lock while timing, so measurements never overlap
+    #: "wall": wall-clock latency (what a user waits for; the default). "cpu": CPU time of the measuring
+    #: thread per run -- with 1 thread on CPU it excludes time the worker was descheduled, a
+    #: load-robust proxy for a shared machine; it is not a latency and is labelled as such.
+    clock: Literal["wall", "cpu"] = "wall"
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -121,7 +125,7 @@ class MeasurementProtocol(Frozen):
         return self.model_dump(mode="json")
 
 
-def check_available(target: LatencyTarget) -> None:
+def check_available(target: LatencyTarget, protocol: MeasurementProtocol | None = None) -> None:
     """Raise a one-line error if this machine cannot measure ``target`` (checked before any worker starts)."""
     if target.device == "cuda":
         import torch
@@ -135,6 +139,9 @@ def check_available(target: LatencyTarget) -> None:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise LatencyError("device cuda with runtime onnxruntime needs onnxruntime-gpu "
                                    "(CUDAExecutionProvider is missing); install it or use --runtime eager")
+    if protocol is not None and protocol.clock == "cpu" and (target.threads != 1 or target.device != "cpu"):
+        raise LatencyError(f"clock cpu measures one thread's CPU time, so it needs device cpu and threads 1 "
+                           f"(got {target.device}, {target.threads} threads); use clock wall")
     if target.threads > (os.cpu_count() or 1):
         raise LatencyError(f"threads {target.threads} exceeds the {os.cpu_count()} CPU cores of this "
                            f"machine; use --threads {os.cpu_count()} or fewer")

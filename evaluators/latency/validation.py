@@ -54,7 +54,8 @@ def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: Measureme
     ``same_machine`` tells whether this machine matches the table's processor and library versions.
     """
     predicted = [lut.predict(a) for a in archs]
-    protocol = protocol or MeasurementProtocol()
+    # The same clock the table was measured with; a table's CPU-time entries predict CPU time.
+    protocol = protocol or MeasurementProtocol(clock=lut.protocol.clock)
     if len(archs) < MIN_FOR_DRIFT:  # a reference before and after is worth it only for a longer session
         protocol = protocol.model_copy(update={"reference_every": 0})
     with MeasurementWorker(lut.target, protocol) as w:

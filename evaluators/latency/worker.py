@@ -62,7 +62,7 @@ class MeasurementWorker:
     def start(self) -> "MeasurementWorker":
         if self._proc is not None:
             return self
-        check_available(self.target)
+        check_available(self.target, self.protocol)
         env = {**os.environ, **{v: str(self.target.threads) for v in THREAD_VARS}}
         self._stderr = tempfile.TemporaryFile(mode="w+b")
         self._proc = subprocess.Popen(
@@ -170,6 +170,7 @@ class MeasurementWorker:
         extra = {k: raw[k] for k in ("min_ms", "spreads", "loadavg", "cpu_share") if k in raw}
         extra["name"] = name
         extra["worker_pid"] = self.pid
+        extra["clock"] = self.protocol.clock
         if len(self.references) >= 2:
             d = self.drift()
             extra["drift_ratio"] = round(d["latest_ratio"], 4)

@@ -62,7 +62,7 @@ def _serve(target_json: str, protocol_json: str, out) -> None:
                 what = f"block {block.key()}"
             else:
                 raise ValueError(f"unknown request {op!r}")
-            timed_run = make_timed_run(module, shape, target, what)
+            timed_run = make_timed_run(module, shape, target, what, clock=protocol.clock)
             reply({"ok": True, "result": measure_timed(timed_run, protocol, lock_name=target.device)})
         except ShuffleNASError as exc:
             reply({"ok": False, "error": str(exc), "type": exc.__class__.__name__})

@@ -32,12 +32,15 @@ def target_fields(device, runtime, threads, batch, input_size, dtype) -> dict:
 
 
 def protocol_option(f):
+    f = click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+                     help="wall: latency; cpu: the worker thread's CPU time per run (1 thread only), a "
+                          "load-robust proxy on a shared machine")(f)
     return click.option("--min-time", type=click.FloatRange(0.0, 600.0), metavar="SECONDS",
                         help="time each network for at least this long [1.0]")(f)
 
 
-def make_protocol(min_time: float | None, quick: bool = False) -> MeasurementProtocol:
-    p = MeasurementProtocol.quick() if quick else MeasurementProtocol()
+def make_protocol(min_time: float | None, quick: bool = False, clock: str = "wall") -> MeasurementProtocol:
+    p = MeasurementProtocol.quick(clock=clock) if quick else MeasurementProtocol(clock=clock)
     return p if min_time is None else p.model_copy(update={"min_seconds": min_time})
 
 
@@ -55,7 +58,7 @@ def _result_row(name, r) -> dict:
               help="predict from this lookup table instead of measuring")
 @click.option("--blocks", "show_blocks", is_flag=True, help="with --lut: per-block breakdown")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def latency(preset, arch_file, device, runtime, threads, batch, input_size, dtype, min_time, lut_path,
+def latency(preset, arch_file, device, runtime, threads, batch, input_size, dtype, min_time, clock, lut_path,
             show_blocks, as_json):
     """Latency of an architecture on the target: measured in a fresh worker process, or from a LUT."""
     arch = resolve_arch(preset, arch_file)
@@ -73,8 +76,10 @@ def latency(preset, arch_file, device, runtime, threads, batch, input_size, dtyp
         emit(out, as_json, text)
         return
     target = LatencyTarget.make(**given)
-    r = measure(arch, target, make_protocol(min_time))
+    r = measure(arch, target, make_protocol(min_time, clock=clock))
     text = table([_result_row(arch.name, r)]) + f"\ntarget: {target.describe()}"
+    if clock == "cpu":
+        text += "\nclock: CPU time of the worker thread per run (not wall-clock latency)"
     if r.flagged:
         text += (f"\nwarning: spread IQR/median {r.iqr_rel:.1%} stayed above the threshold after "
                  f"{r.attempts} attempts (load average {r.extra.get('loadavg')}, worker ran "
@@ -97,7 +102,7 @@ def lut():
               help="whole networks measured to fit the per-network overhead")
 @click.option("--count", "count_only", is_flag=True, help="only count the block configurations to measure")
 @click.option("--json", "as_json", is_flag=True)
-def lut_build(space_file, out_path, device, runtime, threads, batch, input_size, dtype, min_time, calibration,
+def lut_build(space_file, out_path, device, runtime, threads, batch, input_size, dtype, min_time, clock, calibration,
               count_only, as_json):
     """Measure every block configuration SPACE can produce (with a progress bar)."""
     from search_space import load_space
@@ -111,7 +116,7 @@ def lut_build(space_file, out_path, device, runtime, threads, batch, input_size,
         emit({"space": sp.name, "blocks": n, "target": target.to_dict()}, as_json,
              f"space {sp.name}: {n:,} block configurations to measure on {target.describe()}")
         return
-    table_ = LatencyLUT.build(sp, target, make_protocol(min_time, quick=True), progress=not as_json,
+    table_ = LatencyLUT.build(sp, target, make_protocol(min_time, quick=True, clock=clock), progress=not as_json,
                               path=out_path, calibration=calibration)
     o, m = table_.overhead, table_.meta
     out = {"path": str(out_path), "blocks": len(table_), "target": target.to_dict(), "overhead":
@@ -135,7 +140,7 @@ def lut_build(space_file, out_path, device, runtime, threads, batch, input_size,
 @click.option("--seed", type=int, default=0, show_default=True)
 @protocol_option
 @click.option("--json", "as_json", is_flag=True)
-def lut_validate(lut_path, samples, space_file, seed, min_time, as_json):
+def lut_validate(lut_path, samples, space_file, seed, min_time, clock, as_json):
     """Measure held-out architectures and compare with the table's predictions."""
     from search_space import SearchSpace, load_space
 
@@ -150,7 +155,10 @@ def lut_validate(lut_path, samples, space_file, seed, min_time, as_json):
     else:
         raise click.UsageError("this table records no space; give --space SPACE")
     archs = held_out_sample(table_, sp, samples, seed)
-    rep = validate_lut(table_, archs, make_protocol(min_time))
+    if clock != table_.protocol.clock:
+        raise click.UsageError(f"the table was measured with clock {table_.protocol.clock}; validate with "
+                               f"--clock {table_.protocol.clock}")
+    rep = validate_lut(table_, archs, make_protocol(min_time, clock=clock))
     emit(rep, as_json, format_validation(rep, ANCHORS))
 
 
