@@ -79,6 +79,7 @@ def test_export_failure_is_one_line():
     assert "block X" in str(ei.value) and "\n" not in str(ei.value)
 
 
+@pytest.mark.filterwarnings("ignore::evaluators.latency.worker.LatencyDriftWarning")  # a busy machine drifts
 def test_worker_measures_and_reports_drift(tiny_arch):
     protocol = QUICK.model_copy(update={"reference_every": 2, "reference": "shufflenet_v2_x0_5_cifar"})
     with MeasurementWorker(LatencyTarget(), protocol) as w:
