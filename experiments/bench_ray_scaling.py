@@ -1,6 +1,6 @@
 """Trials per hour on a Ray cluster of 1 node vs 2 nodes, and overhead per trial of each backend.
 
-The same search (quickstart space, 1 epoch of proxy training on a 600-image
+The same search (quickstart space, 2 epochs of proxy training on a 1500-image
 digits subset per trial, LUT latency) runs
   * with the Optuna backend, one worker                      (overhead baseline),
   * with the Ray backend on a 1-node cluster, 1 trial at a time,
@@ -43,8 +43,8 @@ RAY = str(Path(sys.executable).with_name("ray"))
 def write_experiment(tmp: Path, name: str, backend: str, trials: int, concurrency: int) -> Path:
     q = load_yaml(HERE / "quickstart.yaml")
     d = {"name": name, "space": q["space"], "data": "digits",
-         "accuracy": {"method": "proxy_training", "subset": 600,
-                      "train": {"epochs": 1, "batch_size": 64, "threads": 1, "augment": False}},
+         "accuracy": {"method": "proxy_training", "subset": 1500,
+                      "train": {"epochs": 2, "batch_size": 64, "threads": 1, "augment": False}},
          "latency": {"mode": "lut", "lut": str(LUT), "target": q["latency"]["target"], "remeasure_front": False},
          "search": {"backend": backend, "sampler": "random", "trials": trials, "seed": 0,
                     "concurrency": concurrency, "resources": {"cpu": 1}},
@@ -115,7 +115,7 @@ def main() -> None:
         run_on_cluster(tmp, write_experiment(tmp, name, "ray", args.trials, nodes), nodes)
         results[f"ray, {nodes} node(s) x 1 CPU"] = stats(tmp / name)
     ratio = results["ray, 2 node(s) x 1 CPU"]["trials_per_hour"] / results["ray, 1 node(s) x 1 CPU"]["trials_per_hour"]
-    lines = [f"Same search, {args.trials} trials each (1 epoch proxy training on 600 digits images + LUT latency)",
+    lines = [f"Same search, {args.trials} trials each (2 epochs proxy training on 1500 digits images + LUT latency)",
              f"load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores",
              "", f"{'run':26s} {'trials/h':>9s} {'span s':>8s} {'eval s/trial':>13s} {'overhead s/trial':>17s} nodes"]
     for k, v in results.items():

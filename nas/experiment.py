@@ -175,9 +175,11 @@ class Experiment(Frozen):
         return out
 
     def fingerprint(self) -> str:
-        """Hash of what decides the search (not the output folder): resuming checks it."""
+        """Hash of what decides the search: resuming checks it. The output folder, the cluster
+        address and the budget (trials, time, concurrency) may change, e.g. to extend a run."""
         d = self.model_dump(mode="json", exclude={"output", "base_dir"})
-        d["search"].pop("address", None)
+        for k in ("address", "trials", "timeout_s", "concurrency"):
+            d["search"].pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:

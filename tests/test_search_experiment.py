@@ -68,7 +68,9 @@ def test_run_folder_needs_resume_and_the_same_experiment(tmp_path):
     with pytest.raises(ExperimentError, match="pass --resume"):
         prepare_run_dir(exp, Path(exp.output), resume=False)
     prepare_run_dir(exp, Path(exp.output), resume=True)
-    changed = experiment_from_dict({**d, "search": {"trials": 99}}, base_dir=tmp_path)
+    more = experiment_from_dict({**d, "search": {"trials": 99}}, base_dir=tmp_path)
+    prepare_run_dir(more, Path(exp.output), resume=True)  # a larger budget extends the run
+    changed = experiment_from_dict({**d, "search": {"sampler": "random"}}, base_dir=tmp_path)
     with pytest.raises(ExperimentError, match="experiment changed"):
         prepare_run_dir(changed, Path(exp.output), resume=True)
     with pytest.raises(ExperimentError, match="not a search run directory"):
