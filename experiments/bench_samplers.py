@@ -28,7 +28,6 @@ sys.path.insert(0, str(HERE.parent))
 
 from search_space.io import atomic_write_json, atomic_write_text, load_yaml  # noqa: E402
 
-from nas import pareto  # noqa: E402
 from nas import records as R  # noqa: E402
 from nas.experiment import experiment_from_dict  # noqa: E402
 

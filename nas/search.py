@@ -13,7 +13,6 @@ Run directory layout::
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -165,7 +164,3 @@ def finish(exp: Experiment, run_dir: Path, *, export: bool = True, onnx: bool = 
         res.export_dir = export_front(run_dir, onnx=onnx)
     res.report, res.png = write_report(run_dir)
     return res
-
-
-def fmt_float(v: float) -> str:
-    return "nan" if not math.isfinite(v) else f"{v:.4g}"
