@@ -69,6 +69,8 @@ def _figures(exp, recs, front, ref):
     if exp.latency.budget_ms is not None:
         fig.add_vline(x=exp.latency.budget_ms, line_dash="dash", line_color="#d62728",
                       annotation_text=f"budget {exp.latency.budget_ms:g} ms")
+    if _log_x(recs):
+        fig.update_xaxes(type="log")
     fig.update_layout(xaxis_title=f"latency (ms, {html.escape(_target_text(exp))})",
                       yaxis_title=_accuracy_label(exp), height=520, margin=dict(l=60, r=20, t=30, b=50),
                       template="plotly_white")
@@ -78,6 +80,12 @@ def _figures(exp, recs, front, ref):
     hv.update_layout(xaxis_title="trials finished", yaxis_title="hypervolume", height=320,
                      margin=dict(l=60, r=20, t=20, b=50), template="plotly_white")
     return fig, hv
+
+
+def _log_x(recs) -> bool:
+    """Latencies spanning more than 5x (e.g. a large seeded preset) read better on a log axis."""
+    lat = [r.latency_ms for r in recs if math.isfinite(r.latency_ms) and r.latency_ms > 0]
+    return bool(lat) and max(lat) > 5 * min(lat)
 
 
 def _accuracy_label(exp) -> str:
@@ -130,6 +138,8 @@ def _png(exp, recs, front, path: Path) -> None:
                    zorder=3)
     if exp.latency.budget_ms is not None:
         ax.axvline(exp.latency.budget_ms, ls="--", c="#d62728", lw=1, label="latency budget")
+    if _log_x(recs):
+        ax.set_xscale("log")
     ax.set_xlabel(f"latency (ms, {_target_text(exp)})")
     ax.set_ylabel(_accuracy_label(exp))
     ax.set_title(f"{exp.name}: {len(recs)} trials, {len(front)} on the front")
