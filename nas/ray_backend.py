@@ -15,7 +15,9 @@ accuracy (tell them PRUNED: only trials whose final report carries
 * Records are written by the driver (:class:`RecordsCallback`) as trials finish,
   deduplicated by Tune trial id (a trial re-run after ``Tuner.restore`` is
   recorded once). Experiment state is saved after every step
-  (``TUNE_GLOBAL_CHECKPOINT_S=0``) so ``--resume`` restarts only unfinished trials.
+  (``TUNE_GLOBAL_CHECKPOINT_S=0``) and snapshotted at every finished trial
+  (:mod:`nas.tune_state`), so ``--resume`` (``Tuner.restore``) restarts only
+  unfinished trials, even after a SIGKILL in the middle of Tune's own save.
 * Nothing checkpointed holds a lambda: the define-by-run space, searcher and
   callback are module-level classes (this module imports Ray at the top; the
   CLI imports it only when the ray backend runs).
