@@ -32,14 +32,15 @@ def target_fields(device, runtime, threads, batch, input_size, dtype) -> dict:
 
 
 def protocol_option(f):
-    f = click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
-                     help="wall: latency; cpu: the worker thread's CPU time per run (1 thread only), a "
-                          "load-robust proxy on a shared machine")(f)
+    f = click.option("--clock", type=click.Choice(["wall", "cpu"]),
+                     help="wall: latency [default; for 'lut validate' the table's clock]; cpu: the worker "
+                          "thread's CPU time per run (1 thread only), a load-robust proxy on a shared machine")(f)
     return click.option("--min-time", type=click.FloatRange(0.0, 600.0), metavar="SECONDS",
                         help="time each network for at least this long [1.0]")(f)
 
 
-def make_protocol(min_time: float | None, quick: bool = False, clock: str = "wall") -> MeasurementProtocol:
+def make_protocol(min_time: float | None, quick: bool = False, clock: str | None = None) -> MeasurementProtocol:
+    clock = clock or "wall"
     p = MeasurementProtocol.quick(clock=clock) if quick else MeasurementProtocol(clock=clock)
     return p if min_time is None else p.model_copy(update={"min_seconds": min_time})
 
@@ -155,6 +156,7 @@ def lut_validate(lut_path, samples, space_file, seed, min_time, clock, as_json):
     else:
         raise click.UsageError("this table records no space; give --space SPACE")
     archs = held_out_sample(table_, sp, samples, seed)
+    clock = clock or table_.protocol.clock
     if clock != table_.protocol.clock:
         raise click.UsageError(f"the table was measured with clock {table_.protocol.clock}; validate with "
                                f"--clock {table_.protocol.clock}")
