@@ -36,11 +36,11 @@ def ray_experiment(tmp, lut_path, **kw):
 
 
 def test_ray_search_sigkill_then_resume(tmp_path, lut_path, cli):
-    # 2 trials at a time, each 3 epochs of proxy training on 300 digits images; ASHA stops weak ones
+    # 2 trials at a time, each 2 epochs of proxy training on 300 digits images; ASHA stops weak ones
     exp = ray_experiment(tmp_path, lut_path, name="rk", trials=10, budget_ms=1.0, concurrency=2,
                          scheduler="asha", seeds=["shufflenet_v2_x0_5_cifar"],
                          accuracy={"method": "proxy_training", "subset": 300,
-                                   "train": {"epochs": 3, "batch_size": 64, "threads": 1}})
+                                   "train": {"epochs": 2, "batch_size": 64, "threads": 1}})
     run_dir = tmp_path / "run"
     proc = start_cli("search", exp, "--json", "--no-onnx", cwd=tmp_path, log=tmp_path / "first.log")
     wait_for_records(run_dir, 3, proc)
@@ -70,7 +70,7 @@ def test_ray_search_sigkill_then_resume(tmp_path, lut_path, cli):
     assert all(x["feasible"] == (x["latency_ms"] <= 1.0) for x in complete)
     pruned = [x for x in sampled if x["state"] == "PRUNED"]
     assert pruned and all(x["stopped_early"] for x in pruned), [(x["state"], x["epochs"]) for x in sampled]
-    assert all(x["state"] == "COMPLETE" and x["epochs"] == 3 for x in sampled if x not in pruned)
+    assert all(x["state"] == "COMPLETE" and x["epochs"] == 2 for x in sampled if x not in pruned)
     summary = json.loads(r.stdout)
     front = json.loads((run_dir / "pareto" / "front.json").read_text())
     assert {m["arch_key"] for m in front["members"]} == front_from_csv(run_dir / "trials.csv")
