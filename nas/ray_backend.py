@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
+from evaluators.ray_cluster import start_private_cluster
 from search_space import Architecture
 
 from . import tune_state
@@ -262,9 +263,7 @@ def init_ray(address: Optional[str], exp: Experiment) -> bool:
                                   f"resource; start the target device's node with "
                                   f"--resources='{{\"{LATENCY_RESOURCE}\": 1}}'")
         return True
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # bind everything to 127.0.0.1
-    ray.init(address="local", num_cpus=exp.search.num_cpus or os.cpu_count(), include_dashboard=False,
-             resources={LATENCY_RESOURCE: 1}, logging_level="error", log_to_driver=False)
+    start_private_cluster(exp.search.num_cpus, {LATENCY_RESOURCE: 1})  # loopback only
     return True
 
 
