@@ -55,6 +55,9 @@ def main(argv=None) -> int:
            LatencyLUT.build(space, target, MeasurementProtocol.quick(clock=args.clock), progress=True, path=lut_path,
                             calibration=args.calibration))
     build_s = time.time() - t0
+    if reuse:
+        lut.refit()  # the correction as the current code fits it, from the stored calibration networks
+        lut.save(lut_path)
     archs = held_out_sample(lut, space, args.samples, seed=args.seed)
     t0 = time.time()
     rep = validate_lut(lut, archs, MeasurementProtocol(clock=args.clock))

@@ -8,7 +8,8 @@ Prediction is a dict lookup per block and a linear correction::
 measurement carries (8-22 us per ONNX Runtime ``run()``, which made the block
 sum 1.02-1.21x the whole network, NOTES.md); ``b`` is the whole network's own
 call overhead, ``a`` absorbs cache effects. The three are fitted by least
-squares on a few whole networks of the space measured in the same session.
+squares (robustly: see :func:`fit_overhead`) on a few whole networks of the space measured in the
+same session.
 
 The table is JSON, tagged with the target, library versions and processor,
 and written atomically while it is built, so a killed build resumes where it
@@ -261,6 +262,12 @@ class LatencyLUT:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def refit(self) -> dict:
+        """Fit the network correction again from the stored calibration measurements (nothing is measured)."""
+        calib = self.overhead.get("calibration", [])
+        self.overhead = {**fit_overhead(self, calib), "calibration": calib}
+        return self.overhead
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -273,10 +280,15 @@ def _entry(raw: dict) -> dict:
 
 
 def fit_overhead(lut: LatencyLUT, calibration: list[dict]) -> dict:
-    """Least-squares ``measured ~ a * block_sum + c * n_blocks + b`` over the calibration networks.
+    """Fit ``measured ~ a * block_sum + c * n_blocks + b`` on the calibration networks, robustly.
 
-    With fewer than 5 networks only ``a`` and ``b`` are fitted; with one, only the ratio.
+    Three candidate models -- the median ratio (``a`` only), a Theil-Sen line (``a``, ``b``) and
+    least squares with the per-block term (``a``, ``c``, ``b``) -- are compared by leave-one-out
+    median relative error and the best is kept: on a busy machine one disturbed calibration
+    network otherwise drags a least-squares fit far off (seen here: 45% calibration MAPE).
     """
+    from scipy.stats import theilslopes
+
     rows = []
     for c in calibration:
         ms = lut.block_ms(Architecture.from_dict(c["arch"]))
@@ -284,15 +296,33 @@ def fit_overhead(lut: LatencyLUT, calibration: list[dict]) -> dict:
     if not rows:
         return {"a": 1.0, "c_ms": 0.0, "b_ms": 0.0, "fit": "none"}
     s, n, y = (np.array(col, dtype=float) for col in zip(*rows))
-    if len(rows) >= 5 and np.ptp(n) > 0:
-        (a, c, b), *_ = np.linalg.lstsq(np.c_[s, n, np.ones_like(s)], y, rcond=None)
-        fit = "a*sum+c*n+b"
-    elif len(rows) >= 2:
-        (a, b), *_ = np.linalg.lstsq(np.c_[s, np.ones_like(s)], y, rcond=None)
-        c, fit = 0.0, "a*sum+b"
-    else:
-        a, b, c, fit = float(y[0] / s[0]), 0.0, 0.0, "ratio"
+
+    def ratio(i):
+        return float(np.median(y[i] / s[i])), 0.0, 0.0
+
+    def theil(i):
+        a, b, *_ = theilslopes(y[i], s[i])
+        return float(a), 0.0, float(b)
+
+    def lsq(i):
+        (a, c, b), *_ = np.linalg.lstsq(np.c_[s[i], n[i], np.ones(len(i))], y[i], rcond=None)
+        return float(a), float(c), float(b)
+
+    models = {"ratio": (ratio, 1), "a*sum+b": (theil, 3), "a*sum+c*n+b": (lsq, 6)}
+    idx = np.arange(len(rows))
+    scores = {}
+    for name, (fit, need) in models.items():
+        if len(rows) - 1 < need:
+            continue
+        errs = []
+        for k in idx:
+            a, c, b = fit(idx[idx != k])
+            errs.append(abs(a * s[k] + c * n[k] + b - y[k]) / y[k])
+        scores[name] = float(np.median(errs))
+    best = min(scores, key=scores.get) if scores else "ratio"
+    a, c, b = models[best][0](idx)
     pred = a * s + c * n + b
-    return {"a": float(a), "c_ms": float(c), "b_ms": float(b), "fit": fit,
+    return {"a": a, "c_ms": c, "b_ms": b, "fit": best,
+            "loo_median_error": {k: round(v, 4) for k, v in scores.items()},
             "sum_over_measured": [round(float(v), 4) for v in s / y],
             "fit_mape": float(np.mean(np.abs(pred - y) / y))}
