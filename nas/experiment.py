@@ -114,6 +114,37 @@ class SearchSpec(Frozen):
         return self
 
 
+
+DEFAULT_BASELINES = (
+    "shufflenet_v2_x0_5_cifar", "shufflenet_v2_x1_0_cifar", "shufflenet_v2_x1_5_cifar",
+    "shufflenet_v2_x2_0_cifar", "shufflenet_v1_g3_cifar", "shufflenet_v1_g8_cifar",
+)
+
+
+class RetrainSpec(Frozen):
+    """The equal-budget comparison after a search (``shufflenas run`` / ``shufflenas retrain``)."""
+
+    #: hand-designed networks trained beside the front (preset names)
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
+    #: how many Pareto members to retrain, picked evenly over the front's latency range
+    candidates: int = Field(6, ge=1, le=100)
+    #: keyword arguments of evaluators.training.TrainConfig, the same for every model
+    train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 30})
+    #: training images drawn from the official training set (None = all of it)
+    subset: Optional[int] = Field(None, ge=10)
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    #: relative latency difference treated as a tie (the measured noise floor here is ~3%)
+    latency_tolerance: float = Field(0.05, ge=0.0, lt=1.0)
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_presets(cls, v):
+        unknown = [b for b in v if b not in presets.PRESETS]
+        if unknown:
+            raise ValueError(f"unknown preset(s) {unknown}; see 'shufflenas presets'")
+        return v
+
+
 class Experiment(Frozen):
     name: str = Field("search", pattern=r"^[A-Za-z0-9_.-]{1,80}$")
     space: Union[str, dict[str, Any]]
@@ -126,6 +157,8 @@ class Experiment(Frozen):
     search: SearchSpec = SearchSpec()
     #: known architectures evaluated first: preset names or architecture YAML paths
     seeds: tuple[str, ...] = ()
+    #: equal-budget retraining of the front and the baselines after the search (shufflenas run)
+    retrain: Optional[RetrainSpec] = None
     output: str = "runs/search"
     #: folder of the experiment file (relative paths were resolved against it)
     base_dir: Optional[str] = None
@@ -177,7 +210,7 @@ class Experiment(Frozen):
     def fingerprint(self) -> str:
         """Hash of what decides the search: resuming checks it. The output folder, the cluster
         address and the budget (trials, time, concurrency) may change, e.g. to extend a run."""
-        d = self.model_dump(mode="json", exclude={"output", "base_dir"})
+        d = self.model_dump(mode="json", exclude={"output", "base_dir", "retrain"})
         for k in ("address", "trials", "timeout_s", "concurrency"):
             d["search"].pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -21,35 +21,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import Field
-
 from search_space import Architecture, build_model, presets, profile
 from search_space.io import atomic_write_json, atomic_write_text
-from search_space.validation import Frozen
 
 from . import records as R
-from .experiment import Experiment, ExperimentError
-
-DEFAULT_BASELINES = (
-    "shufflenet_v2_x0_5_cifar", "shufflenet_v2_x1_0_cifar", "shufflenet_v2_x1_5_cifar",
-    "shufflenet_v2_x2_0_cifar", "shufflenet_v1_g3_cifar", "shufflenet_v1_g8_cifar",
-)
-
-
-class RetrainSpec(Frozen):
-    """The equal-budget comparison run after a search."""
-
-    baselines: tuple[str, ...] = DEFAULT_BASELINES
-    #: how many Pareto members to retrain, picked evenly over the front's latency range
-    candidates: int = Field(6, ge=1, le=100)
-    #: keyword arguments of evaluators.training.TrainConfig, the same for every model
-    train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 30})
-    #: training images (None = the whole training split); val split as in the search
-    subset: Optional[int] = Field(None, ge=10)
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    #: relative latency difference treated as a tie (the measured noise floor here is ~3%)
-    latency_tolerance: float = Field(0.05, ge=0.0, lt=1.0)
-
+from .experiment import Experiment, ExperimentError, RetrainSpec
 
 def pick_candidates(front: list[R.TrialRecord], n: int) -> list[R.TrialRecord]:
     """``n`` members spread evenly over the front's latency range (all of them if fewer)."""

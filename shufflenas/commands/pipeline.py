@@ -1,0 +1,59 @@
+"""``run`` and ``retrain``: the whole pipeline, search then an equal-budget comparison with the baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..output import emit
+
+
+def _retrain(run_dir: Path, exp, as_json: bool) -> dict:
+    from nas.experiment import RetrainSpec
+    from nas.retrain import retrain
+
+    spec = exp.retrain or RetrainSpec()
+    log = (lambda *_: None) if as_json else (lambda msg: click.echo(msg, err=True))
+    return retrain(run_dir, exp, spec, log=log)
+
+
+def _text(summary: dict, out: Path) -> str:
+    return ((out / "table.md").read_text() + f"\nretrained models, table and plot: {out}"
+            f"\n  {out / 'table.md'}\n  {out / 'front.png'}")
+
+
+@click.command()
+@click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path), metavar="EXPERIMENT.yaml")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object (no progress bar)")
+def run(experiment, as_json):
+    """Search, export, then retrain the front and the baselines at equal budget and test them once.
+
+    Rerun the same command after a kill: each step resumes where it stopped.
+    """
+    from nas.experiment import load_experiment
+    from nas.search import run_search
+
+    exp = load_experiment(experiment)
+    run_dir = Path(exp.output)
+    resume = (run_dir / "experiment.json").exists()
+    if resume and not as_json:
+        click.echo(f"resuming the run in {run_dir}", err=True)
+    res = run_search(exp, resume=resume, progress=not as_json)
+    summary = _retrain(run_dir, exp, as_json)
+    emit({"search": res.summary(), "retrain": summary}, as_json, _text(summary, run_dir / "retrain"))
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path), metavar="RUN_DIR")
+@click.option("--json", "as_json", is_flag=True)
+def retrain(run_dir, as_json):
+    """Retrain a finished run's front and the baselines (settings: the experiment's 'retrain' section)."""
+    from nas.search import run_experiment_file
+
+    exp = run_experiment_file(run_dir)
+    summary = _retrain(run_dir, exp, as_json)
+    emit(summary, as_json, _text(summary, run_dir / "retrain"))
+
+
+COMMANDS = [run, retrain]
