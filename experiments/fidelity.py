@@ -193,8 +193,8 @@ def report(args) -> str:
              f"(mean {np.mean([r['seconds'] for r in truth.values()]) if truth else float('nan'):.0f} s each, "
              f"val acc {min((r['accuracy'] for r in truth.values()), default=float('nan')):.3f}.."
              f"{max((r['accuracy'] for r in truth.values()), default=float('nan')):.3f})", "",
-             "| evaluator | n | Kendall tau | Spearman rho | seconds / candidate | vs ground truth cost |",
-             "|---|---|---|---|---|---|"]
+             "| evaluator | n | Kendall tau | p (tau = 0) | Spearman rho | seconds / candidate | vs ground truth cost |",
+             "|---|---|---|---|---|---|---|"]
     if truth:  # how much of the ground truth's spread is measurement noise (binomial, on n_val images)
         accs = np.array([r["accuracy"] for r in truth.values()])
         se = float(np.sqrt(accs.mean() * (1 - accs.mean()) / 1000))
@@ -211,13 +211,13 @@ def report(args) -> str:
     for name, vals in rows.items():
         common = sorted(set(vals) & set(truth))
         if len(common) < 3:
-            lines.append(f"| {name} | {len(common)} | - | - | - | - |")
+            lines.append(f"| {name} | {len(common)} | - | - | - | - | - |")
             continue
         gt = [truth[i]["accuracy"] for i in common]
         est = [vals[i][0] for i in common]
         cost = float(np.mean([vals[i][1] for i in common]))
-        tau, rho = kendalltau(gt, est)[0], spearmanr(gt, est)[0]
-        lines.append(f"| {name} | {len(common)} | {tau:.3f} | {rho:.3f} | {cost:.2f} | "
+        (tau, p), rho = kendalltau(gt, est), spearmanr(gt, est)[0]
+        lines.append(f"| {name} | {len(common)} | {tau:.3f} | {p:.3f} | {rho:.3f} | {cost:.2f} | "
                      f"{cost / gt_cost:.4f}x |")
     if sup:
         lines += ["", f"Supernet: {sup[0]['supernet_epochs']} epochs (of {sup[0].get('supernet_planned_epochs', '?')} "
