@@ -6,7 +6,7 @@ Scores N architectures sampled from the supernet's space with
 and prints candidates/hour beside the 500/hour target of issue #4::
 
     python experiments/supernet_throughput.py experiments/results/fidelity_supernet.pt \\
-        --data cifar10:../shared/data/cifar10/cifar-10-python.tar.gz --threads 2
+        --data cifar10:../shared/data/cifar10/cifar-10-python.tar.gz --threads 1
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def main(argv=None) -> None:
     ap.add_argument("--data", required=True, help="dataset spec the supernet was trained on")
     ap.add_argument("--n", type=int, default=30, help="candidates to score")
     ap.add_argument("--bn-batches", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads; 2 threads on 2 shared cores measured slower than 1 (see results)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
 
