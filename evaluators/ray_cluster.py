@@ -15,15 +15,29 @@ import os
 
 
 def start_private_cluster(num_cpus: int | None = None, resources: dict | None = None, **kwargs) -> None:
-    """``ray.init`` a fresh single-node cluster on 127.0.0.1, no dashboard, quiet."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # inherited by every Ray process started below
+    """``ray.init`` a fresh single-node cluster on 127.0.0.1, no dashboard, quiet.
+
+    The loopback switch is on only while Ray starts its processes, then put
+    back, so that a later ``ray start --address`` or ``ray.init(address=...)``
+    from this process (or its children) can still form a real cluster.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray._private import ray_constants
 
+    saved_env = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+    saved_const = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"  # inherited by the processes started now
     ray_constants.ENABLE_RAY_CLUSTER = False  # what the driver read at import time
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-             resources=resources or {}, logging_level="error", log_to_driver=False, **kwargs)
+    try:
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 resources=resources or {}, logging_level="error", log_to_driver=False, **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_const
+        if saved_env is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved_env
 
 
 def listening_addresses(pids: set[int]) -> list[str]:

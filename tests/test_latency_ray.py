@@ -18,11 +18,10 @@ FAST = MeasurementProtocol.quick(min_runs=10, min_seconds=0.03, warmup_seconds=0
 
 @pytest.fixture(scope="module")
 def ray_local():
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, resources={"latency_device": 1},
-             logging_level="error", log_to_driver=False)
+    from evaluators.ray_cluster import start_private_cluster
+
+    start_private_cluster(num_cpus=2, resources={"latency_device": 1})  # loopback only
     yield ray
     ray.shutdown()
 

@@ -50,3 +50,23 @@ def test_private_cluster_binds_only_loopback():
         assert outward == [], f"Ray listens beyond loopback: {outward}"
     finally:
         ray.shutdown()
+
+
+def test_loopback_switch_does_not_leak_into_the_environment():
+    """A leaked RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes every later 'ray start --address' refuse to join."""
+    import ray
+
+    from evaluators.ray_cluster import start_private_cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    before = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    start_private_cluster(num_cpus=1)
+    try:
+        assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == before
+        from ray._private import ray_constants
+
+        assert ray_constants.ENABLE_RAY_CLUSTER is True or before == "0"
+        assert ray.util.get_node_ip_address() == "127.0.0.1"  # the running driver keeps its address
+    finally:
+        ray.shutdown()
