@@ -91,6 +91,9 @@ def test_worker_measures_and_reports_drift(tiny_arch):
     assert r.source == "measured" and r.runs >= QUICK.min_runs and r.median_ms > 0
     assert r.p90_ms >= r.median_ms and r.target["runtime"] == "onnxruntime"
     assert drift["checks"] == 2 and "latest_ratio" in drift and "drift_ratio" in r.extra
+    # the worker runs pinned to the last CPU it may use (1 thread), away from the parent
+    if hasattr(os, "sched_getaffinity"):
+        assert r.extra["pinned_cpus"] == sorted(os.sched_getaffinity(0))[-1:]
     # measure() starts a fresh worker per call; bigger input costs more
     big = measure(tiny_arch, LatencyTarget(input_size=64), QUICK.model_copy(update={"clock": "cpu"}))
     assert big.extra["worker_pid"] != r.extra["worker_pid"] and big.extra["clock"] == "cpu"

@@ -108,6 +108,9 @@ class MeasurementProtocol(Frozen):
     #: thread per run -- with 1 thread on CPU it excludes time the worker was descheduled, a
     #: load-robust proxy for a shared machine; it is not a latency and is labelled as such.
     clock: Literal["wall", "cpu"] = "wall"
+    #: pin the worker process to the last ``threads`` CPUs it may run on, so the scheduler never
+    #: migrates it between cores mid-measurement (CPU targets only)
+    pin: bool = True
 
     @model_validator(mode="after")
     def _consistent(self):

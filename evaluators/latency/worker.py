@@ -51,6 +51,7 @@ class MeasurementWorker:
         self.target = target or LatencyTarget()
         self.protocol = protocol or MeasurementProtocol()
         self.machine: dict = {}
+        self.pinned_cpus: list[int] | None = None
         self.count = 0  # measurements served (references not counted)
         self.references: list[dict] = []  # {"at": count, "median_ms", "iqr_rel", "time"}
         self._proc: subprocess.Popen | None = None
@@ -72,6 +73,7 @@ class MeasurementWorker:
         self._finalizer = weakref.finalize(self, _stop, self._proc)
         ready = self._read()
         self.machine = ready.get("machine", {})
+        self.pinned_cpus = ready.get("pinned_cpus")
         return self
 
     def close(self) -> None:
@@ -171,6 +173,7 @@ class MeasurementWorker:
         extra["name"] = name
         extra["worker_pid"] = self.pid
         extra["clock"] = self.protocol.clock
+        extra["pinned_cpus"] = self.pinned_cpus
         if len(self.references) >= 2:
             d = self.drift()
             extra["drift_ratio"] = round(d["latest_ratio"], 4)

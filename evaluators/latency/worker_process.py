@@ -17,7 +17,25 @@ import traceback
 import warnings
 
 
+def pin_to_cpus(threads: int) -> list[int]:
+    """Restrict this process to the last ``threads`` CPUs it is allowed on; returns them.
+
+    Done before torch or ONNX Runtime create their thread pools. On a 2-core
+    machine with 1 thread the worker gets core 1 and the parent, the search and
+    the OS keep core 0.
+    """
+    allowed = sorted(os.sched_getaffinity(0))
+    cpus = allowed[-threads:] if threads <= len(allowed) else allowed
+    os.sched_setaffinity(0, cpus)
+    return cpus
+
+
 def _serve(target_json: str, protocol_json: str, out) -> None:
+    settings = json.loads(target_json), json.loads(protocol_json)
+    pinned = None
+    if settings[1].get("pin", True) and settings[0].get("device", "cpu") == "cpu" and hasattr(os, "sched_setaffinity"):
+        pinned = pin_to_cpus(int(settings[0].get("threads", 1)))
+
     import torch
 
     from search_space import Architecture, presets
@@ -40,7 +58,7 @@ def _serve(target_json: str, protocol_json: str, out) -> None:
         out.flush()
 
     reply({"ok": True, "ready": True, "pid": os.getpid(), "machine": machine_info(target.device),
-           "torch_threads": torch.get_num_threads()})
+           "torch_threads": torch.get_num_threads(), "pinned_cpus": pinned})
     for line in sys.stdin:
         try:
             req = json.loads(line)
