@@ -163,6 +163,14 @@ class Experiment(Frozen):
     #: folder of the experiment file (relative paths were resolved against it)
     base_dir: Optional[str] = None
 
+    @field_validator("data")
+    @classmethod
+    def _known_dataset(cls, v):
+        from evaluators.data import DatasetSpec
+
+        DatasetSpec.parse(v)  # a typo fails here, not as one failed trial after another
+        return v
+
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, v):

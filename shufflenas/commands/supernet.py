@@ -23,14 +23,14 @@ def parse_band(text: str | None) -> tuple[float, float] | None:
         try:
             return float(s[:-1]) * _SUFFIX[s[-1]] if s and s[-1] in _SUFFIX else float(s)
         except ValueError:
-            raise click.BadParameter(f"{text!r}: expected LO,HI multiply-adds, e.g. 20M,60M") from None
+            raise click.BadParameter(f"{text!r}: expected LO,HI multiply-adds, e.g. 20M,60M", param_hint="--flops-band") from None
 
     parts = text.split(",")
     if len(parts) != 2:
-        raise click.BadParameter(f"{text!r}: expected LO,HI multiply-adds, e.g. 20M,60M")
+        raise click.BadParameter(f"{text!r}: expected LO,HI multiply-adds, e.g. 20M,60M", param_hint="--flops-band")
     lo, hi = map(num, parts)
     if not 0 <= lo < hi:
-        raise click.BadParameter(f"{text!r}: need 0 <= LO < HI")
+        raise click.BadParameter(f"{text!r}: need 0 <= LO < HI", param_hint="--flops-band")
     return lo, hi
 
 
