@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from test_search_common import front_from_csv, kill_group, records, start_cli, tiny_experiment, wait_for_records
+from test_search_common import front_from_csv, kill_then_resume, tiny_experiment
 
 
 @pytest.fixture(scope="module")
@@ -35,27 +35,16 @@ def ray_experiment(tmp, lut_path, **kw):
     return p
 
 
-def test_ray_search_sigkill_then_resume(tmp_path, lut_path, cli):
+def test_ray_search_sigkill_then_resume(tmp_path, lut_path):
     # 2 trials at a time, each 2 epochs of proxy training on 300 digits images; ASHA stops weak ones
     exp = ray_experiment(tmp_path, lut_path, name="rk", trials=10, budget_ms=1.0, concurrency=2,
                          scheduler="asha", seeds=["shufflenet_v2_x0_5_cifar"],
                          accuracy={"method": "proxy_training", "subset": 300,
                                    "train": {"epochs": 2, "batch_size": 64, "threads": 1}})
     run_dir = tmp_path / "run"
-    proc = start_cli("search", exp, "--json", "--no-onnx", cwd=tmp_path, log=tmp_path / "first.log")
-    wait_for_records(run_dir, 3, proc)
-    assert proc.poll() is None, "the search finished before the kill; the test proves nothing"
-    kill_group(proc)  # the driver and its private Ray cluster
-    before = records(run_dir)
-    assert 3 <= sum(r["number"] >= 0 for r in before) < 10
-    r = cli("search", exp, "--resume", "--json", "--no-onnx", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    after = records(run_dir)
-    ids = [x["trial_id"] for x in after]
-    assert len(ids) == len(set(ids))
+    before, after, r = kill_then_resume(exp, run_dir, tmp_path, kill_after=3)
     by_id = {x["trial_id"]: x for x in after}
-    for b in before:
-        assert by_id[b["trial_id"]]["started"] == b["started"]
+    assert 3 <= sum(r["number"] >= 0 for r in before) < 10
     sampled = [x for x in after if x["number"] >= 0]
     assert sorted(x["number"] for x in sampled) == list(range(10)), \
         sorted((x["number"], x["trial_id"], x["state"], x["trial_id"] in {b["trial_id"] for b in before})

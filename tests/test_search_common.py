@@ -87,3 +87,30 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 def records(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "trials.jsonl").read_text().splitlines() if x.strip()]
+
+
+def kill_then_resume(exp: Path, run_dir: Path, tmp: Path, *, kill_after: int
+                     ) -> tuple[list[dict], list[dict], subprocess.CompletedProcess]:
+    """Start a search, SIGKILL it once ``kill_after`` trials are recorded, rerun with ``--resume``.
+
+    Checks what every backend owes a killed run: no trial id twice, and every
+    trial finished before the kill still there, unchanged. Returns the records
+    before the kill, after the resume, and the resumed command's result.
+    """
+    from conftest import run_cli
+
+    proc = start_cli("search", exp, "--json", "--no-onnx", cwd=tmp, log=tmp / "first.log")
+    wait_for_records(run_dir, kill_after, proc)
+    assert proc.poll() is None, "the search finished before the kill; the test proves nothing"
+    kill_group(proc)  # the driver and everything it started (a private Ray cluster too)
+    before = records(run_dir)
+    r = run_cli("search", exp, "--resume", "--json", "--no-onnx", cwd=tmp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = records(run_dir)
+    ids = [x["trial_id"] for x in after]
+    assert len(ids) == len(set(ids))
+    by_id = {x["trial_id"]: x for x in after}
+    for b in before:
+        assert by_id[b["trial_id"]]["started"] == b["started"]
+        assert by_id[b["trial_id"]]["arch_key"] == b["arch_key"]
+    return before, after, r

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_search_common import front_from_csv, kill_group, records, start_cli, tiny_experiment, wait_for_records
+from test_search_common import front_from_csv, kill_then_resume, records, tiny_experiment
 
 
 @pytest.fixture(scope="module")
@@ -109,22 +109,7 @@ def test_export_and_report_commands_rerun(finished_run, cli):
 def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
     exp = tiny_experiment(tmp_path, name="kill", trials=6)
     run_dir = tmp_path / "run"
-    proc = start_cli("search", exp, "--json", "--no-onnx", cwd=tmp_path, log=tmp_path / "first.log")
-    wait_for_records(run_dir, 2, proc)
-    assert proc.poll() is None, "the search finished before the kill; the test proves nothing"
-    kill_group(proc)
-    before = records(run_dir)  # whatever finished up to the kill
-    from conftest import run_cli
-
-    r = run_cli("search", exp, "--resume", "--json", "--no-onnx", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    after = records(run_dir)
-    ids = [x["trial_id"] for x in after]
-    assert len(ids) == len(set(ids))
-    after_by_id = {x["trial_id"]: x for x in after}
-    for b in before:  # every trial finished before the kill is still there, unchanged
-        assert after_by_id[b["trial_id"]]["started"] == b["started"]
-        assert after_by_id[b["trial_id"]]["arch_key"] == b["arch_key"]
+    _, after, r = kill_then_resume(exp, run_dir, tmp_path, kill_after=2)
     assert len(after) == 6  # the budget, exactly: nothing lost, nothing evaluated twice
     assert json.loads(r.stdout)["trials"] == 6
 
