@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from search_space import Architecture, build_model, presets, profile
 from search_space.io import atomic_write_json, atomic_write_text

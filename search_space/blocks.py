@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Iterator, Union
 
-from .errors import ArchitectureError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .architecture import Architecture

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .architecture import Architecture
-from .blocks import Block, HeadBlock, StemBlock, UnitBlock, conv_out, iter_blocks, se_channels
+from .blocks import Block, HeadBlock, StemBlock, conv_out, iter_blocks, se_channels
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,5 @@
 """Search spaces: loading, validation of every combination, size, sampling, adapters, encoding."""
 
-import math
-
 import numpy as np
 import optuna
 import pytest

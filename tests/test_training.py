@@ -27,7 +27,7 @@ def test_same_seed_same_accuracy_and_weights(tiny_arch, digits16, tmp_path):
     cfg = TrainConfig(epochs=2, **FAST)
     a = train(tiny_arch, digits16, cfg, checkpoint=tmp_path / "a.pt")
     b = train(tiny_arch, digits16, cfg, checkpoint=tmp_path / "b.pt")
-    c = train(tiny_arch, digits16, TrainConfig(epochs=2, seed=1, **FAST), checkpoint=tmp_path / "c.pt")
+    train(tiny_arch, digits16, TrainConfig(epochs=2, seed=1, **FAST), checkpoint=tmp_path / "c.pt")
     assert a.accuracy == b.accuracy and a.loss == b.loss and a.extra["history"][0]["train_loss"] == \
         b.extra["history"][0]["train_loss"]
     wa, wb, wc = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "abc")

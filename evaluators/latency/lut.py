@@ -28,7 +28,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from search_space import Architecture, SearchSpace, load_space
-from search_space.blocks import Block, HeadBlock, StemBlock, UnitBlock, block_dict, conv_out, iter_blocks
+from search_space.blocks import Block, HeadBlock, StemBlock, UnitBlock, iter_blocks
 from search_space.io import atomic_write_json
 
 from ..base import LatencyResult

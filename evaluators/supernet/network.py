@@ -175,7 +175,6 @@ class Supernet(nn.Module):
         self.affine_bn = affine_bn
         self.weights = nn.ParameterDict()
         self.stats = nn.Module()  # BatchNorm running statistics, one set per role
-        init_from: dict[str, torch.Tensor] = {}
         for role, shape in sorted(_max_shapes(space).items()):
             name = role.replace(".", "/")
             leaf = role.rsplit(".", 1)[1]

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from search_space import Architecture, SearchSpace, profile
-from search_space.errors import ShuffleNASError
 
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import SupernetConfig

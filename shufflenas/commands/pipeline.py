@@ -18,7 +18,7 @@ def _retrain(run_dir: Path, exp, as_json: bool) -> dict:
     return retrain(run_dir, exp, spec, log=log)
 
 
-def _text(summary: dict, out: Path) -> str:
+def _text(out: Path) -> str:
     return ((out / "table.md").read_text() + f"\nretrained models, table and plot: {out}"
             f"\n  {out / 'table.md'}\n  {out / 'front.png'}")
 
@@ -41,7 +41,7 @@ def run(experiment, as_json):
         click.echo(f"resuming the run in {run_dir}", err=True)
     res = run_search(exp, resume=resume, progress=not as_json)
     summary = _retrain(run_dir, exp, as_json)
-    emit({"search": res.summary(), "retrain": summary}, as_json, _text(summary, run_dir / "retrain"))
+    emit({"search": res.summary(), "retrain": summary}, as_json, _text(run_dir / "retrain"))
 
 
 @click.command()
@@ -53,7 +53,7 @@ def retrain(run_dir, as_json):
 
     exp = run_experiment_file(run_dir)
     summary = _retrain(run_dir, exp, as_json)
-    emit(summary, as_json, _text(summary, run_dir / "retrain"))
+    emit(summary, as_json, _text(run_dir / "retrain"))
 
 
 COMMANDS = [run, retrain]

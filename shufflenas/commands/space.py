@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from search_space import build_model, load_space, presets, profile as cost_profile
-from search_space.blocks import block_dict, iter_blocks
+from search_space import load_space, presets, profile as cost_profile
 
 from ..output import arch_options, emit, resolve_arch, table
 
@@ -41,17 +40,18 @@ def space(space_file, n, seed, as_json):
     """Size and dimensions of a search space; optionally sample from it."""
     sp = load_space(space_file)
     samples = sp.sample(n, seed=seed) if n else []
+    costs = [cost_profile(a) for a in samples]
     out = {"name": sp.name, "size": sp.size(),
            "dimensions": {d.name: list(d.choices) for d in sp.open_dimensions},
-           "samples": [dict(a.to_dict(), **cost_profile(a).summary()) for a in samples]}
+           "samples": [dict(a.to_dict(), **c.summary()) for a, c in zip(samples, costs)]}
     lines = [f"space {sp.name}: {sp.size():,} architectures, {len(sp.open_dimensions)} open dimensions"]
     lines += [f"  {d.name}: {list(d.choices)}" for d in sp.open_dimensions]
     if samples:
         lines.append("")
         lines.append(table([{"#": i, "stages (unit/ch/depth/k)": " ".join(
             f"{s.unit}/{s.channels}/{s.depth}/{s.kernel}" for s in a.stages),
-            "params": cost_profile(a).params, "MFLOPs": round(cost_profile(a).mflops, 2)}
-            for i, a in enumerate(samples)]))
+            "params": c.params, "MFLOPs": round(c.mflops, 2)}
+            for i, (a, c) in enumerate(zip(samples, costs))]))
     emit(out, as_json, "\n".join(lines))
 
 
