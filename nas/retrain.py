@@ -6,6 +6,7 @@ with the *same* recipe on the *same* train/validation split, evaluated once
 on the test split, and its latency is re-measured in one measurement session
 with the search's target. Results go to ``RUN_DIR/retrain/``:
 
+    candidates.json   the picked front members, with the latencies measured to pick them
     results.jsonl     one line per trained model (appended as each finishes: a killed run resumes)
     latency.json      the re-measurement of every model, one session
     table.md          the table (architecture, params, MFLOPs, latency, test accuracy, time)
@@ -27,24 +28,68 @@ from search_space.io import atomic_write_json, atomic_write_text
 from . import records as R
 from .experiment import Experiment, ExperimentError, RetrainSpec
 
-def pick_candidates(front: list[R.TrialRecord], n: int) -> list[R.TrialRecord]:
-    """``n`` members spread evenly over the front's latency range (all of them if fewer)."""
-    members = sorted(front, key=lambda r: r.latency_ms)
-    if len(members) <= n:
-        return members
-    idx = sorted({round(i * (len(members) - 1) / (n - 1)) for i in range(n)}) if n > 1 else [len(members) - 1]
-    return [members[i] for i in idx]
+def pick_candidates(front: list[R.TrialRecord], n: int, latency: dict[int, float] | None = None,
+                    targets: tuple[float, ...] = ()) -> list[R.TrialRecord]:
+    """The Pareto members to retrain.
+
+    First, for each latency in ``targets`` (the baselines' measured latencies), the
+    member with the best search accuracy at or under it: the rival the comparison
+    needs. Then members spread evenly over the front's latency range, up to ``n``
+    in all. ``latency`` maps trial numbers to measured latencies (the search's
+    own estimate when absent: a LUT prediction can sit on the wrong side of a baseline).
+    """
+    lat = (lambda r: latency[r.number]) if latency else (lambda r: r.latency_ms)
+    members = sorted(front, key=lat)
+    chosen: list[R.TrialRecord] = []
+    for t in sorted(targets):
+        under = [m for m in members if lat(m) <= t]
+        best = max(under, key=lambda m: m.accuracy, default=None)
+        if best is not None and best not in chosen:
+            chosen.append(best)
+    spread = n - len(chosen)
+    if spread > 0 and members:
+        rest = [m for m in members if m not in chosen]
+        if len(rest) <= spread:
+            chosen += rest
+        else:
+            idx = {round(i * (len(rest) - 1) / (spread - 1)) for i in range(spread)} if spread > 1 \
+                else {len(rest) - 1}
+            chosen += [rest[i] for i in sorted(idx)]
+    return sorted(chosen, key=lat)
 
 
-def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec) -> list[tuple[str, str, Architecture]]:
-    recs = R.read_records(run_dir)
-    front = R.front(recs, exp.objectives)
+def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, log=print) -> list[tuple[str, str, Architecture]]:
+    """The searched members and the baselines; the pick is saved once (``candidates.json``),
+    so a resumed run retrains the same models."""
+    out = run_dir / "retrain"
+    saved = out / "candidates.json"
+    baselines = [(name, "baseline", presets.get(name)) for name in spec.baselines]
+    if saved.is_file():
+        picked = json.loads(saved.read_text())
+        return [(m["name"], "searched", Architecture.from_dict(m["arch"])) for m in picked["searched"]] + baselines
+    front = R.front(R.read_records(run_dir), exp.objectives)
     if not front:
         raise ExperimentError(f"{run_dir}: the run has no feasible completed trial to retrain")
-    out = [(f"trial{r.number}", "searched", Architecture.from_dict(r.arch)) for r in pick_candidates(
-        front, spec.candidates)]
-    out += [(name, "baseline", presets.get(name)) for name in spec.baselines]
-    return out
+    from evaluators.latency import MeasurementWorker
+
+    log(f"retrain: measuring {len(front)} front members and {len(baselines)} baselines to pick the rivals ...")
+    with MeasurementWorker(*_target_and_protocol(exp)) as worker:
+        base_ms = {name: worker.latency(arch).median_ms for name, _, arch in baselines}
+        front_ms = {r.number: worker.latency(Architecture.from_dict(r.arch)).median_ms for r in front}
+    picks = pick_candidates(front, spec.candidates, front_ms, tuple(base_ms.values()))
+    searched = [{"name": f"trial{r.number}", "trial": r.number, "search_accuracy": r.accuracy,
+                 "search_latency_ms": r.latency_ms, "measured_ms": front_ms[r.number], "arch": r.arch}
+                for r in picks]
+    atomic_write_json(saved, {"searched": searched, "baselines_ms": base_ms,
+                              "front_ms": {str(k): v for k, v in front_ms.items()}})
+    return [(m["name"], "searched", Architecture.from_dict(m["arch"])) for m in searched] + baselines
+
+
+def _target_and_protocol(exp: Experiment):
+    from evaluators.latency import LatencyTarget, MeasurementProtocol
+
+    target = LatencyTarget(**exp.latency.target)
+    return target, (MeasurementProtocol(**exp.latency.protocol) if exp.latency.protocol else None)
 
 
 def _done(path: Path) -> dict[str, dict]:
@@ -64,14 +109,14 @@ def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, progress
             log=print) -> dict:
     """Train, test and re-measure every model; resumable (finished models are skipped)."""
     from evaluators.data import load_dataset
-    from evaluators.latency import LatencyTarget, MeasurementProtocol, MeasurementWorker
+    from evaluators.latency import MeasurementWorker
     from evaluators.training import TrainConfig, evaluate, train
     import torch
 
     run_dir = Path(run_dir)
     out = run_dir / "retrain"
     out.mkdir(parents=True, exist_ok=True)
-    models = _models(run_dir, exp, spec)
+    models = _models(run_dir, exp, spec, log=log)
     results_path = out / "results.jsonl"
     done = _done(results_path)
     config = TrainConfig(**{"seed": exp.search.seed, **spec.train})
@@ -104,8 +149,7 @@ def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, progress
         done[name] = row
         log(f"retrain: {name}: test accuracy {test_acc:.4f} in {time.perf_counter() - t0:.0f} s")
 
-    target = LatencyTarget(**exp.latency.target)
-    protocol = MeasurementProtocol(**exp.latency.protocol) if exp.latency.protocol else None
+    target, protocol = _target_and_protocol(exp)
     log(f"retrain: re-measuring {len(models)} models in one session ({target.runtime}, "
         f"{target.threads} thread(s)) ...")
     latency = {}

@@ -28,6 +28,9 @@ def test_run_searches_retrains_and_resumes(tmp_path, capsys):
     verdict = summary["retrain"]["comparison"][0]
     assert verdict["baseline"] == "shufflenet_v2_x0_5_cifar" and isinstance(verdict["wins"], bool)
     assert (out / "table.md").read_text().startswith("| model |") and (out / "front.png").stat().st_size > 0
+    picked = json.loads((out / "candidates.json").read_text())
+    assert {m["name"] for m in picked["searched"]} == {r["name"] for r in rows if r["kind"] == "searched"}
+    assert set(picked["baselines_ms"]) == {"shufflenet_v2_x0_5_cifar"}
 
     # rerun: the search is complete and every model is trained, so nothing is repeated
     before = (out / "results.jsonl").read_text()
@@ -35,3 +38,22 @@ def test_run_searches_retrains_and_resumes(tmp_path, capsys):
     again = json.loads(capsys.readouterr().out)
     assert (out / "results.jsonl").read_text() == before
     assert again["search"]["trials"] == summary["search"]["trials"]
+
+
+def _rec(number, acc, ms):
+    from nas.records import TrialRecord
+
+    return TrialRecord(number=number, arch={}, arch_key=str(number), accuracy=acc, latency_ms=ms)
+
+
+def test_pick_matches_each_baseline_then_spreads():
+    from nas.retrain import pick_candidates
+
+    front = [_rec(i, 0.5 + 0.05 * i, 1.0 + i) for i in range(8)]  # latency 1..8 ms, accuracy rising
+    measured = {r.number: r.latency_ms * 1.1 for r in front}  # the device is 10% slower than the search said
+    picks = pick_candidates(front, 4, measured, targets=(3.0, 6.0))
+    nums = [r.number for r in picks]
+    # the best member at or under 3.0 / 6.0 ms *measured*: 1.1*(1+1)=2.2, 1.1*(1+4)=5.5
+    assert 1 in nums and 4 in nums and len(nums) == 4 and nums == sorted(nums)
+    assert len({r.number for r in pick_candidates(front, 2, measured, targets=(0.5,))}) == 2  # none under 0.5
+    assert [r.number for r in pick_candidates(front, 3)] == [0, 4, 7]  # no targets: spread evenly
