@@ -126,7 +126,8 @@ class RetrainSpec(Frozen):
 
     #: hand-designed networks trained beside the front (preset names)
     baselines: tuple[str, ...] = DEFAULT_BASELINES
-    #: how many Pareto members to retrain, picked evenly over the front's latency range
+    #: how many Pareto members to retrain: first the best one at or under each baseline's
+    #: measured latency, then members spread evenly over the front's latency range
     candidates: int = Field(6, ge=1, le=100)
     #: keyword arguments of evaluators.training.TrainConfig, the same for every model
     train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 30})
