@@ -82,11 +82,29 @@ def prepare(exp: Experiment, progress: bool = True) -> None:
     if exp.latency.mode == "lut":
         load_or_build_lut(exp, space, progress=progress)
     acc = exp.accuracy
-    if acc.method == "supernet" and not Path(acc.checkpoint).is_file():
+    if acc.method == "supernet" and supernet_unfinished(exp):
         from evaluators.supernet import SupernetConfig, train_supernet
 
         cfg = _construct(SupernetConfig, "accuracy.supernet_train", **acc.supernet_train)
         train_supernet(space, exp.data, cfg, out=acc.checkpoint, progress=progress)
+
+
+def supernet_unfinished(exp: Experiment) -> bool:
+    """Whether the experiment's supernet checkpoint is missing or has fewer epochs than asked for.
+
+    A checkpoint is saved after every epoch, so after a kill it exists but is
+    not finished: training must resume before any candidate is scored with it.
+    """
+    path = Path(exp.accuracy.checkpoint)
+    if not path.is_file():
+        return True
+    if not exp.accuracy.supernet_train:
+        return False  # a checkpoint trained elsewhere, used as it is
+    from evaluators.supernet import SupernetConfig
+    from evaluators.supernet.checkpoint import read_checkpoint
+
+    wanted = exp.accuracy.supernet_train.get("epochs", SupernetConfig.epochs)
+    return read_checkpoint(path)["epoch"] < wanted
 
 
 class SearchContext:
