@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from conftest import TINY_SPACE
+from test_search_common import tiny_experiment
 
 
 def write(tmp: Path, text: str, name="exp.yaml") -> Path:
@@ -85,3 +86,21 @@ def test_experiment_files_in_the_repo_load():
         exp = load_experiment(root / f"{name}.yaml")
         assert exp.load_space().size() > 1000
     assert load_experiment(root / "ray_cluster.yaml").search.address == "auto"
+
+
+def test_prepare_resumes_a_supernet_killed_mid_training(tmp_path):
+    """A checkpoint exists after every epoch; the search must not start on an unfinished one."""
+    from evaluators.supernet import SupernetConfig, load_supernet, train_supernet
+    from nas.experiment import load_experiment
+    from nas.objective import prepare, supernet_unfinished
+
+    train = {"epochs": 2, "batch_size": 32, "subset": 200, "warmup_steps": 2}
+    path = tiny_experiment(tmp_path, accuracy={"method": "supernet", "checkpoint": str(tmp_path / "sn.pt"),
+                                               "supernet_train": train})
+    exp = load_experiment(path)
+    assert supernet_unfinished(exp)  # no checkpoint yet
+    train_supernet(exp.load_space(), exp.data, SupernetConfig(**train), out=tmp_path / "sn.pt", progress=False,
+                   callback=lambda epoch, acc: True)  # "killed" after epoch 1 of 2
+    assert load_supernet(tmp_path / "sn.pt").epoch == 1 and supernet_unfinished(exp)
+    prepare(exp, progress=False)
+    assert load_supernet(tmp_path / "sn.pt").epoch == 2 and not supernet_unfinished(exp)
