@@ -89,6 +89,14 @@ class LatencySpec(Frozen):
 
 
 class SearchSpec(Frozen):
+    """Which backend proposes candidates, how many, and what one trial may cost.
+
+    A trial that raises, diverges (NaN loss), or goes over ``trial_timeout_s``
+    or ``trial_memory_mb`` is recorded FAIL with its reason, never enters the
+    Pareto front, and the search goes on, e.g.
+    ``search: {trials: 50, trial_timeout_s: 600, trial_memory_mb: 4000}``.
+    """
+
     backend: Literal["optuna", "ray"] = "optuna"
     sampler: Literal["tpe", "nsga2", "random", "gp", "qmc"] = "tpe"
     #: number of trials including seed trials; None = until ``timeout_s``
@@ -106,6 +114,12 @@ class SearchSpec(Frozen):
     address: Optional[str] = None
     #: ray: CPUs of the private local cluster (None = all)
     num_cpus: Optional[int] = Field(None, ge=1)
+    #: wall-clock limit of one trial's accuracy evaluation; over it the trial is FAIL ("timeout")
+    trial_timeout_s: Optional[float] = Field(None, gt=0)
+    #: memory limit (resident, MB) of the process evaluating one trial's accuracy; over it the
+    #: trial is FAIL ("out of memory"). Either limit runs accuracy in a watched child process
+    #: (kept across trials, restarted after a kill); None for both = in process, no overhead
+    trial_memory_mb: Optional[int] = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _some_budget(self):
@@ -218,9 +232,10 @@ class Experiment(Frozen):
 
     def fingerprint(self) -> str:
         """Hash of what decides the search: resuming checks it. The output folder, the cluster
-        address and the budget (trials, time, concurrency) may change, e.g. to extend a run."""
+        address, the budget (trials, time, concurrency) and the per-trial limits may change,
+        e.g. to extend a run."""
         d = self.model_dump(mode="json", exclude={"output", "base_dir", "retrain"})
-        for k in ("address", "trials", "timeout_s", "concurrency"):
+        for k in ("address", "trials", "timeout_s", "concurrency", "trial_timeout_s", "trial_memory_mb"):
             d["search"].pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -9,6 +9,7 @@ FAIL and why, and the search goes on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import socket
@@ -26,6 +27,7 @@ from search_space.errors import ShuffleNASError
 
 from .experiment import Experiment, ExperimentError
 from .records import TrialRecord
+from .trial_worker import describe_failure
 
 
 def arch_key(arch: Architecture) -> str:
@@ -107,6 +109,29 @@ def supernet_unfinished(exp: Experiment) -> bool:
     return read_checkpoint(path)["epoch"] < wanted
 
 
+def build_accuracy_evaluator(exp: Experiment, run_dir: str | Path):
+    """The accuracy evaluator ``exp.accuracy`` names (in the search process or in a trial worker)."""
+    a = exp.accuracy
+    if a.method == "zero_cost":
+        from evaluators.zero_cost import ZeroCostEvaluator
+
+        kw = {"data": exp.data, "seed": exp.search.seed, **a.options}
+        return _construct(ZeroCostEvaluator, "accuracy", proxy=a.proxy, **kw)
+    if a.method == "proxy_training":
+        from evaluators.training import ProxyTrainingEvaluator, TrainConfig
+
+        cfg = _construct(TrainConfig, "accuracy.train", **{"seed": exp.search.seed, **a.train})
+        return _construct(ProxyTrainingEvaluator, "accuracy", exp.data, cfg, subset=a.subset,
+                          val_fraction=a.val_fraction, seed=exp.search.seed,
+                          checkpoint_dir=str(Path(run_dir) / "checkpoints"), **a.options)
+    from evaluators.supernet import SupernetEvaluator
+
+    if not Path(a.checkpoint).is_file():
+        raise ExperimentError(f"accuracy.checkpoint: {a.checkpoint} not found "
+                              f"(run the search from the driver to train it first)")
+    return _construct(SupernetEvaluator, "accuracy", a.checkpoint, exp.data, seed=exp.search.seed, **a.options)
+
+
 class SearchContext:
     """Evaluators of one experiment, built on first use in the process that scores candidates.
 
@@ -125,6 +150,7 @@ class SearchContext:
         self._measure_fn = measure_fn
         self._lut = lut
         self._accuracy = None
+        self._trial_worker = None  # accuracy under per-trial limits (search.trial_timeout_s / trial_memory_mb)
         self._latency = None
         self._worker = None
         self._lock = threading.Lock()  # one measurement at a time, whatever the concurrency
@@ -132,30 +158,30 @@ class SearchContext:
 
     # ---- evaluators -------------------------------------------------------
     def accuracy_evaluator(self):
+        """The experiment's accuracy evaluator in this process (built on first use)."""
         if self._accuracy is None:
-            a, exp = self.exp.accuracy, self.exp
-            if a.method == "zero_cost":
-                from evaluators.zero_cost import ZeroCostEvaluator
-
-                kw = {"data": exp.data, "seed": exp.search.seed, **a.options}
-                self._accuracy = _construct(ZeroCostEvaluator, "accuracy", proxy=a.proxy, **kw)
-            elif a.method == "proxy_training":
-                from evaluators.training import ProxyTrainingEvaluator, TrainConfig
-
-                cfg = _construct(TrainConfig, "accuracy.train", **{"seed": exp.search.seed, **a.train})
-                self._accuracy = _construct(
-                    ProxyTrainingEvaluator, "accuracy", exp.data, cfg, subset=a.subset,
-                    val_fraction=a.val_fraction, seed=exp.search.seed,
-                    checkpoint_dir=str(self.run_dir / "checkpoints"), **a.options)
-            else:
-                from evaluators.supernet import SupernetEvaluator
-
-                if not Path(a.checkpoint).is_file():
-                    raise ExperimentError(f"accuracy.checkpoint: {a.checkpoint} not found "
-                                          f"(run the search from the driver to train it first)")
-                self._accuracy = _construct(SupernetEvaluator, "accuracy", a.checkpoint, exp.data,
-                                            seed=exp.search.seed, **a.options)
+            self._accuracy = build_accuracy_evaluator(self.exp, self.run_dir)
         return self._accuracy
+
+    def evaluate_accuracy(self, arch: Architecture, callback=None) -> AccuracyResult:
+        """Accuracy of ``arch``: in this process, or in the trial worker when the search sets limits."""
+        s = self.exp.search
+        if s.trial_timeout_s is None and s.trial_memory_mb is None:
+            return self.accuracy_evaluator().evaluate(arch, callback=callback)
+        return self.trial_worker().evaluate(arch, callback=callback)
+
+    def trial_worker(self):
+        """The child process scoring accuracy under ``search.trial_timeout_s`` / ``trial_memory_mb``."""
+        if self._trial_worker is None:
+            from .trial_worker import TrialWorker, memory_limit_supported
+
+            s = self.exp.search
+            if s.trial_memory_mb is not None and not memory_limit_supported():
+                raise ExperimentError("search.trial_memory_mb needs /proc (Linux) to read a trial's memory; "
+                                      "remove it or use trial_timeout_s alone")
+            self._trial_worker = TrialWorker(functools.partial(build_accuracy_evaluator, self.exp, str(self.run_dir)),
+                                             timeout_s=s.trial_timeout_s, memory_mb=s.trial_memory_mb)
+        return self._trial_worker
 
     def latency(self, arch: Architecture) -> LatencyResult:
         if self._latency_fn is not None:
@@ -187,6 +213,9 @@ class SearchContext:
         if self._worker is not None:
             self._worker.__exit__(None, None, None)
             self._worker = None
+        if self._trial_worker is not None:
+            self._trial_worker.close()
+            self._trial_worker = None
 
     def __enter__(self):
         return self
@@ -228,7 +257,7 @@ def evaluate_candidate(arch: Architecture, ctx: SearchContext, *, number: int, s
             raise ValueError(f"latency is {rec.latency_ms}")
         stage = "accuracy"
         t = time.perf_counter()
-        res: AccuracyResult = ctx.accuracy_evaluator().evaluate(arch, callback=callback)
+        res: AccuracyResult = ctx.evaluate_accuracy(arch, callback=callback)
         rec.accuracy_seconds = time.perf_counter() - t
         rec.accuracy = float(res.accuracy)
         rec.epochs, rec.stopped_early, rec.checkpoint = res.epochs, res.stopped_early, res.checkpoint
@@ -241,7 +270,7 @@ def evaluate_candidate(arch: Architecture, ctx: SearchContext, *, number: int, s
         raise  # a broken experiment is not a failed candidate: stop the search with its message
     except Exception as exc:  # noqa: BLE001 -- any failed evaluation is recorded, the search goes on
         rec.state = "FAIL"
-        rec.reason = f"{stage}: {type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+        rec.reason = f"{stage}: {describe_failure(exc)}"[:500]
         rec.accuracy_extra["traceback"] = traceback.format_exc(limit=3)[-2000:]
     rec.finished = time.time()
     return rec

@@ -66,6 +66,7 @@ CASES = [
     ("experiment zero trials", lambda t: ["search", experiment(t, search={"trials": 0})], "search.trials"),
     ("experiment negative budget", lambda t: ["search", experiment(t, latency={"budget_ms": -3})],
      "latency.budget_ms"),
+    ("experiment negative trial time limit", lambda t: ["search", experiment(t, search={"trials": 2, "trial_timeout_s": -1})], "search.trial_timeout_s"),
     ("experiment unknown seed preset", lambda t: ["search", experiment(t, seeds=["resnet50"])], "resnet50"),
     ("experiment space file missing", lambda t: ["search", experiment(t, space="missing_space.yaml")],
      "missing_space.yaml"),
