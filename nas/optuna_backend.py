@@ -191,7 +191,12 @@ def render(study, run_dir: Path) -> list[TrialRecord]:
 
 
 def _counted(study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("interrupted"))
+    """Trials that use up the budget: claimed ones, not the enqueued (WAITING) seeds still to run,
+    nor those cut by a kill (their parameters are enqueued again)."""
+    from optuna.trial import TrialState
+
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state != TrialState.WAITING and not t.user_attrs.get("interrupted"))
 
 
 def _owner() -> str:

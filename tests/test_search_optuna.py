@@ -120,3 +120,21 @@ def test_resume_without_flag_refuses_and_bad_file_is_one_line(tmp_path, cli):
     r = cli("search", bad)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "search.samplr: unknown key" in r.stderr
+
+
+def test_seeds_filling_the_whole_budget_all_run(tmp_path, cli):
+    """Enqueued seeds waiting to run must not use up the budget (a replay of known networks)."""
+    from conftest import TINY_SPACE
+    from search_space import SearchSpace
+
+    space = SearchSpace.from_yaml(TINY_SPACE)
+    seeds = []
+    for i in range(3):
+        p = tmp_path / f"a{i}.yaml"
+        space.sample(seed=i).replace(name=f"known{i}").to_yaml(p)
+        seeds.append(str(p))
+    exp = tiny_experiment(tmp_path, trials=3, seeds=seeds)
+    r = cli("search", exp, "--json", "--no-onnx", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = records(tmp_path / "run")
+    assert sorted(x["seed"] for x in recs) == ["known0", "known1", "known2"]
