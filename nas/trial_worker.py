@@ -94,7 +94,7 @@ class TrialWorker:
         self.memory_mb = memory_mb
         self.starts = 0  # children started (1 + restarts after kills)
         self._proc: Optional[subprocess.Popen] = None
-        self._conn: Optional[Connection] = None
+        self._conn: Optional[_Duplex] = None
         self._finalizer = None
 
     # ---- process lifetime ---------------------------------------------------
@@ -103,6 +103,8 @@ class TrialWorker:
         return self._proc.pid if self._proc is not None else None
 
     def start(self) -> "TrialWorker":
+        if self._proc is not None and self._proc.poll() is not None:
+            self.kill()  # died while idle: reap it, start afresh
         if self._proc is not None:
             return self
         to_child_r, to_child_w = os.pipe()
@@ -154,7 +156,10 @@ class TrialWorker:
         and the evaluator's own exception (with the child's traceback as its cause) when it raises."""
         self.start()
         t0 = time.monotonic()
-        self._conn.send(("evaluate", arch.to_dict(), callback is not None))
+        try:
+            self._conn.send(("evaluate", arch.to_dict(), callback is not None))
+        except OSError:  # the child died since it was last checked
+            raise self._died() from None
         res, peak = self._wait(self.timeout_s, callback, "")
         res.extra = {**(res.extra or {}), "trial_worker": {
             "pid": self.pid, "peak_rss_mb": round(peak, 1), "seconds": round(time.monotonic() - t0, 3)}}
@@ -313,11 +318,12 @@ def _serve(conn: _Duplex) -> None:
 
 
 def _release_memory() -> None:
-    """Hand memory freed by the last trial back to the OS, so the next one starts from the idle RSS."""
-    import ctypes
-    import gc
+    """Hand memory freed by the last trial back to the OS, so the next one starts from the idle RSS.
 
-    gc.collect()
+    No ``gc.collect()``: reference counting already freed the trial's tensors, and a full
+    collection over torch's objects took 0.5-1 s on a loaded 2-core machine."""
+    import ctypes
+
     try:
         ctypes.CDLL(None).malloc_trim(0)  # glibc keeps freed heap pages otherwise
     except (AttributeError, OSError):  # not glibc
