@@ -114,6 +114,9 @@ class SearchSpec(Frozen):
     address: Optional[str] = None
     #: ray: CPUs of the private local cluster (None = all)
     num_cpus: Optional[int] = Field(None, ge=1)
+    #: ray: times a trial whose worker or node died is run again before it is recorded FAIL
+    #: (kept from the search's start on --resume)
+    max_failures: int = Field(1, ge=0, le=100)
     #: wall-clock limit of one trial's accuracy evaluation; over it the trial is FAIL ("timeout")
     trial_timeout_s: Optional[float] = Field(None, gt=0)
     #: memory limit (resident, MB) of the process evaluating one trial's accuracy; over it the
@@ -235,7 +238,8 @@ class Experiment(Frozen):
         address, the budget (trials, time, concurrency) and the per-trial limits may change,
         e.g. to extend a run."""
         d = self.model_dump(mode="json", exclude={"output", "base_dir", "retrain"})
-        for k in ("address", "trials", "timeout_s", "concurrency", "trial_timeout_s", "trial_memory_mb"):
+        for k in ("address", "trials", "timeout_s", "concurrency", "max_failures", "trial_timeout_s",
+                  "trial_memory_mb"):
             d["search"].pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

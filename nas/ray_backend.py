@@ -12,6 +12,13 @@ accuracy (tell them PRUNED: only trials whose final report carries
 * Latency measured on the device: through the serialised measurement actor
   placed on the node offering ``latency_device``; a LUT is loaded by the driver
   and shipped to trials in the object store.
+* Cluster faults: a trial whose worker (or its node) dies is run again up to
+  ``search.max_failures`` times, then recorded FAIL naming the lost node, and
+  the search goes on. If the latency actor's node is lost, the actor is created
+  again on another node offering ``latency_device``; if none is left, or a
+  trial raises a :class:`ShuffleNASError` (a broken experiment, not a failed
+  candidate), the search stops with that one-line message before Tune saves the
+  failure, so ``--resume`` runs the interrupted trials again.
 * Records are written by the driver (:class:`RecordsCallback`) as trials finish,
   deduplicated by Tune trial id (a trial re-run after ``Tuner.restore`` is
   recorded once). Experiment state is saved after every step
@@ -26,6 +33,7 @@ accuracy (tell them PRUNED: only trials whose final report carries
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -34,8 +42,10 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
+from evaluators.latency.ray_actor import DeviceNodeLost, LatencyActorHandle, offering_nodes
 from evaluators.ray_cluster import start_private_cluster
 from search_space import Architecture
+from search_space.errors import ShuffleNASError
 
 from . import tune_state
 from .experiment import Experiment, ExperimentError
@@ -44,6 +54,10 @@ from .records import TrialRecord, read_records, write_records
 
 LATENCY_RESOURCE = "latency_device"
 NUMBER_KEY = "_optuna_number"  # the Optuna trial number, added to each trial's config
+
+
+class ClusterError(ExperimentError):
+    """The Ray cluster lost something every trial needs (the latency device): the search stops, resumable."""
 
 
 class DefineByRun:
@@ -110,30 +124,32 @@ def _context(exp: Experiment, run_dir: str, lut) -> SearchContext:
 
 
 class _ActorLatency:
-    """Latency measured by the serialised measurement actor on the ``latency_device`` node."""
+    """Latency measured by the serialised measurement actor on a ``latency_device`` node.
+
+    The actor is created again elsewhere if its node is lost; when no node offers
+    ``latency_device`` any more, :class:`ClusterError` stops the search.
+    """
 
     def __init__(self, exp: Experiment):
         self.exp = exp
-        self.actor = None
+        self.handle = LatencyActorHandle(latency_target(exp), LATENCY_RESOURCE, _protocol(exp))
 
-    def __getstate__(self):
-        return {"exp": self.exp, "actor": None}
-
-    def connect(self):
-        from evaluators.latency.ray_actor import latency_actor
-
-        if self.actor is None:
-            self.actor = latency_actor(latency_target(self.exp), resource=LATENCY_RESOURCE,
-                                       **({"protocol": _protocol(self.exp)} if self.exp.latency.protocol else {}))
-        return self.actor
+    def connect(self) -> "_ActorLatency":
+        self._guarded(self.handle.actor)
+        return self
 
     def __call__(self, arch: Architecture):
-        import ray
-
         from evaluators.base import LatencyResult
 
-        d = ray.get(self.connect().latency.remote(arch.to_dict()))
+        d = self._guarded(self.handle.call, "latency", arch.to_dict())
         return LatencyResult(**d) if isinstance(d, dict) else d
+
+    @staticmethod
+    def _guarded(fn, *args):
+        try:
+            return fn(*args)
+        except DeviceNodeLost as exc:
+            raise ClusterError(f"latency: {exc} and resume with --resume") from None
 
 
 def _protocol(exp):
@@ -194,6 +210,7 @@ class RecordsCallback(Callback):
         self.run_dir = run_dir
         self.tune_dir = tune_dir
         self.on_records = None  # set by the driver after construction/restore; not pickled
+        self.stop_error: Optional[ShuffleNASError] = None  # why a trial stopped the search
 
     def _write(self, rec: TrialRecord):
         recs = {r.trial_id: r for r in read_records(self.run_dir)}
@@ -212,18 +229,61 @@ class RecordsCallback(Callback):
         self._snapshot(trial)
         res = trial.last_result or {}
         if res.get("final") and res.get("record"):
-            self._write(TrialRecord.from_dict(res["record"]))
+            rec = TrialRecord.from_dict(res["record"])
+            retries = trial.run_metadata.num_failures
+            if retries and not rec.reason:
+                rec.reason = f"retried {retries}x after a trial error: {_failure(trial)[0]}"
+            self._write(rec)
         else:  # stopped by the scheduler before its final report
             self._write(_stopped_record(trial, res, "PRUNED", "stopped early by the scheduler"))
 
+    def _stop_if_broken(self, trial) -> None:
+        """End ``Tuner.fit`` (before Tune saves this failure) if the trial failed with a
+        :class:`ShuffleNASError`: a broken experiment or a lost latency device fails every trial alike."""
+        cause = getattr(_trial_exception(trial), "cause", None)  # RayTaskError wraps what the trainable raised
+        if isinstance(cause, ShuffleNASError):
+            self.stop_error = cause.with_traceback(None)
+            raise self.stop_error  # Tune wraps it in a TuneError; run() raises stop_error itself
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._stop_if_broken(trial)  # otherwise Tune runs the trial again (search.max_failures)
+
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._stop_if_broken(trial)
         self._snapshot(trial)
-        self._write(_stopped_record(trial, trial.last_result or {}, "FAIL",
-                                    f"trial error: {str(trial.error_file or '')}"))
+        why, node = _failure(trial)
+        tries = trial.run_metadata.num_failures
+        rec = _stopped_record(trial, trial.last_result or {}, "FAIL",
+                              f"trial error: {why}" + (f" (failed {tries} times)" if tries > 1 else ""))
+        rec.node = node or rec.node
+        self._write(rec)
 
     def __getstate__(self):
-        return {"run_dir": self.run_dir, "tune_dir": self.tune_dir, "on_records": None}
+        return {"run_dir": self.run_dir, "tune_dir": self.tune_dir, "on_records": None, "stop_error": None}
 
+
+def _trial_exception(trial):
+    """The exception of ``trial``'s latest failure (pickled by Tune next to its error.txt), or None."""
+    import cloudpickle
+
+    try:
+        with open(trial.pickled_error_file, "rb") as f:
+            return cloudpickle.load(f)
+    except Exception:  # noqa: BLE001 -- no pickled error (or an unpicklable one): fall back to the text
+        return None
+
+
+def _failure(trial) -> tuple[str, str]:
+    """(one-line reason, lost node id or "") of ``trial``'s latest failure."""
+    exc = _trial_exception(trial)
+    text = str(exc) if exc is not None else ""
+    if not text and trial.error_file and os.path.isfile(trial.error_file):
+        text = Path(trial.error_file).read_text()
+    node = re.search(r"node has died\. Node Id: ([0-9a-f]+)", text)
+    if node:
+        return f"its node {node[1]} left the Ray cluster (the trial's worker died with it)", node[1]
+    lines = [" ".join(x.split()) for x in text.splitlines() if x.strip()]
+    return (lines[-1] if lines else "unknown error")[:300], ""
 
 
 def _stopped_record(trial, res: dict, state: str, reason: str) -> TrialRecord:
@@ -247,6 +307,22 @@ def _stopped_record(trial, res: dict, state: str, reason: str) -> TrialRecord:
 _DRIVER: dict = {}
 
 
+def _cluster_errors_to_stderr() -> None:
+    """Ray's driver prints the cluster's error messages (e.g. "Raylet is terminated" when a node is
+    killed) to stdout, which must stay clean for ``--json``: send them to stderr instead."""
+    from ray._private import worker
+
+    print_to_stdstream = worker.print_to_stdstream
+    if getattr(print_to_stdstream, "to_stderr", False):
+        return
+
+    def to_stderr(data, ignore_prefix):
+        return print_to_stdstream({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.to_stderr = True
+    worker.print_to_stdstream = to_stderr
+
+
 def init_ray(address: Optional[str], exp: Experiment) -> bool:
     """Connect to ``address`` or start a private loopback-only cluster; returns True if we started Ray."""
     import ray
@@ -254,10 +330,10 @@ def init_ray(address: Optional[str], exp: Experiment) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _cluster_errors_to_stderr()
     if address:
         ray.init(address=address, logging_level="error", log_to_driver=False)
-        if not any(n.get("Resources", {}).get(LATENCY_RESOURCE) for n in ray.nodes() if n.get("Alive")) \
-                and exp.latency.mode == "measured":
+        if not offering_nodes(LATENCY_RESOURCE) and exp.latency.mode == "measured":
             ray.shutdown()
             raise ExperimentError(f"no node of the Ray cluster at {address} offers the '{LATENCY_RESOURCE}' "
                                   f"resource; start the target device's node with "
@@ -274,6 +350,7 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] 
     # per-epoch reports (for ASHA) carry only accuracy_epoch; the objectives come with the final one
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the new output engine prints to stdout even at verbose=0
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # each failure's reason is in its record
     import optuna
     import ray
     from ray import tune
@@ -301,7 +378,13 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] 
             if not space.contains(arch) and f"seed-{i}" not in done:
                 seed_recs.append(remote.remote(exp.model_dump_json(), str(run_dir), lut, i, nm, arch.to_dict()))
         if seed_recs:
-            recs = read_records(run_dir) + [TrialRecord.from_dict(d) for d in ray.get(seed_recs)]
+            try:
+                done_seeds = ray.get(seed_recs)
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, ShuffleNASError):
+                    raise exc.cause.with_traceback(None) from None
+                raise
+            recs = read_records(run_dir) + [TrialRecord.from_dict(d) for d in done_seeds]
             write_records(run_dir, recs)
         if on_records:
             on_records(read_records(run_dir))
@@ -338,11 +421,16 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] 
                                             max_concurrent_trials=exp.search.concurrency,
                                             time_budget_s=exp.search.timeout_s, reuse_actors=True),
                 run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[callback],
-                                          failure_config=tune.FailureConfig(max_failures=0)),
+                                          failure_config=tune.FailureConfig(max_failures=exp.search.max_failures)),
             )
         if callback is not None:
             callback.on_records = on_records
-        tuner.fit()
+        try:
+            tuner.fit()
+        except Exception:
+            if getattr(callback, "stop_error", None) is not None:
+                raise callback.stop_error from None
+            raise
         if exp.latency.mode == "lut" or exp.latency.remeasure_front:
             from .search import remeasure_front
 

@@ -11,6 +11,10 @@ The actor owns one :class:`~evaluators.latency.worker.MeasurementWorker` and
 handles one call at a time; the worker's machine-wide lock also keeps actors
 for different targets on that node from timing at once.
 
+When the actor's node leaves the cluster, :class:`LatencyActorHandle` creates
+the actor again on another node that offers the resource and repeats the call
+once; when no alive node offers it any more it raises :class:`DeviceNodeLost`.
+
 Ray is imported only here, and only when :func:`latency_actor` is called.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 from search_space import Architecture
 
@@ -53,6 +58,10 @@ class LatencyActor:
         self.worker.close()
 
 
+class DeviceNodeLost(LatencyError):
+    """The latency actor's node left the Ray cluster and no alive node offers its resource now."""
+
+
 def actor_name(target: LatencyTarget, resource: str = DEFAULT_RESOURCE) -> str:
     t = target
     return (f"shufflenas-latency/{resource}/{t.device}-{t.runtime}-t{t.threads}-b{t.batch}"
@@ -75,11 +84,106 @@ def latency_actor(target: LatencyTarget | None = None, resource: str = DEFAULT_R
     protocol = protocol or MeasurementProtocol()
     if not ray.is_initialized():
         raise LatencyError("Ray is not initialised; call ray.init(address=...) before latency_actor()")
-    offered = ray.cluster_resources().get(resource, 0)
-    if offered < amount:
+    if not offering_nodes(resource, amount):
         raise LatencyError(f"no Ray node offers the resource {resource!r}; start the target device's node with "
                            f"ray start ... --resources='{{\"{resource}\": 1}}' (or pass resources= to ray.init)")
     cls = ray.remote(LatencyActor)
+    # "DEFAULT": placed by the resource alone, never in the placement group of the caller (a Tune trial)
     return cls.options(name=name or actor_name(target, resource), namespace=namespace, get_if_exists=True,
-                       num_cpus=0, resources={resource: amount}, max_concurrency=1,
+                       num_cpus=0, resources={resource: amount}, max_concurrency=1, scheduling_strategy="DEFAULT",
                        ).remote(target.to_dict(), protocol.to_dict())
+
+
+def offering_nodes(resource: str, amount: float = 0.001) -> list[str]:
+    """Ids of the alive nodes that offer at least ``amount`` of ``resource``."""
+    import ray
+
+    return [n["NodeID"] for n in ray.nodes()
+            if n.get("Alive") and n.get("Resources", {}).get(resource, 0) >= amount]
+
+
+class LatencyActorHandle:
+    """The named latency actor for ``target``, created again where the resource still is if its node dies.
+
+    :meth:`call` runs one actor method and waits for its result. If the actor
+    died (``RayActorError``: ``ActorDiedError``, ``ActorUnavailableError``),
+    the actor is created again -- Ray places it on an alive node offering
+    ``resource`` -- and the call is repeated once. If no alive node offers the
+    resource, :class:`DeviceNodeLost` says so (the search cannot measure until
+    that node is back). Handles pickle without their actor (looked up by name
+    again in the process that uses them).
+    """
+
+    def __init__(self, target: LatencyTarget | None = None, resource: str = DEFAULT_RESOURCE,
+                 protocol: MeasurementProtocol | None = None, *, recreate_timeout_s: float = 120.0):
+        self.target = target or LatencyTarget()
+        self.resource = resource
+        self.protocol = protocol
+        self.recreate_timeout_s = recreate_timeout_s
+        self._actor = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_actor": None}
+
+    def actor(self):
+        """The actor handle (got or created by name on first use)."""
+        if self._actor is None:
+            if not offering_nodes(self.resource):
+                raise self._lost()
+            self._actor = latency_actor(self.target, self.resource, self.protocol)
+        return self._actor
+
+    def call(self, method: str, *args):
+        import ray
+        from ray.exceptions import RayActorError
+
+        try:
+            return ray.get(getattr(self.actor(), method).remote(*args))
+        except RayActorError:
+            self._recreate()
+        return ray.get(getattr(self.actor(), method).remote(*args))
+
+    def _recreate(self) -> None:
+        """Create the actor again on an alive node offering the resource, and wait until it is up.
+
+        A dead actor keeps its name while its owner lives, so asking by name
+        returns it again: it is killed (which frees the name) and the next ask
+        creates a new one. The handle that created the actor is kept: the
+        actor lives as long as its creator holds that handle. Until Ray has
+        noticed that a node is gone (seconds, its node health check) the old
+        actor may answer "unavailable": wait until a live one answers, the
+        resource has left the cluster, or ``recreate_timeout_s`` has passed.
+        """
+        import ray
+        from ray.exceptions import ActorDiedError, RayActorError
+
+        self._actor = actor = None
+        deadline = time.monotonic() + self.recreate_timeout_s
+        while True:
+            if not offering_nodes(self.resource):
+                raise self._lost()
+            try:
+                if actor is None:
+                    actor = latency_actor(self.target, self.resource, self.protocol)
+                ready, _ = ray.wait([actor.__ray_ready__.remote()], timeout=1.0)
+                if ready:
+                    ray.get(ready[0])
+                    self._actor = actor
+                    return
+            except ActorDiedError:
+                ray.kill(actor, no_restart=True)  # the dead one, still holding the name
+                actor = None
+            except RayActorError:
+                pass  # unavailable: Ray has not decided yet
+            except LatencyError:
+                if offering_nodes(self.resource):
+                    raise
+                continue  # the resource left between the check above and the lookup
+            if time.monotonic() > deadline:
+                raise LatencyError(f"the latency actor on a node offering {self.resource!r} did not start "
+                                   f"within {self.recreate_timeout_s:.0f} s after its node was lost")
+
+    def _lost(self) -> DeviceNodeLost:
+        return DeviceNodeLost(
+            f"the node offering {self.resource!r} left the Ray cluster; no node offers it now -- "
+            f"restart that node (ray start --address=HEAD:PORT --resources='{{\"{self.resource}\": 1}}')")
