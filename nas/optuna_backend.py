@@ -86,17 +86,26 @@ def _rdb_engine(url: str, **kw):
 
 
 def make_storage(exp: Experiment, run_dir: Path):
-    """The study's storage. (No RDB heartbeat: Optuna beats only inside ``Study.optimize``, not
-    for ask/tell; a trial of a dead machine stays RUNNING until a ``--resume`` recovers it.)"""
+    """The study's storage. No RDB heartbeat: Optuna beats only inside ``Study.optimize``, not for
+    ask/tell, so on a shared database a trial of a worker that died stays RUNNING (counted, never
+    recovered: another machine cannot tell a dead worker from a live one there)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    if storage_kind(exp) == "journal":
+        return JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+    return optuna.storages.RDBStorage(exp.search.storage)  # (run() builds the StudyLock first: it checks the driver)
+
+
+def storage_kind(exp: Experiment) -> str:
+    """journal (the default), sqlite or postgresql: the storages :class:`StudyLock` can lock."""
     url = exp.search.storage
     if url is None:
-        return JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
-    if url.startswith(("sqlite:", "postgresql")):
-        return optuna.storages.RDBStorage(url)  # (run() builds the StudyLock first: it checks the driver)
+        return "journal"
+    for kind in ("sqlite", "postgresql"):
+        if url.startswith(kind + ":") or url.startswith(kind + "+"):
+            return kind
     raise ExperimentError(f"search.storage: {url!r} is not a postgresql:// or sqlite:/// URL "
                           f"(the trial budget is kept exact by a lock only these two provide here)")
 
@@ -122,11 +131,11 @@ class StudyLock:
     """
 
     def __init__(self, exp: Experiment, run_dir: Path):
-        url = exp.search.storage
+        url, kind = exp.search.storage, storage_kind(exp)
         self.engine = self.path = None
-        if url is None:
+        if kind == "journal":
             self.path = Path(run_dir) / ".claim.lock"
-        elif url.startswith("sqlite:"):
+        elif kind == "sqlite":
             from sqlalchemy.engine import make_url
 
             db = Path(make_url(url).database).resolve()

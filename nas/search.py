@@ -96,7 +96,10 @@ def remeasure_front(exp: Experiment, run_dir: Path, ctx: Optional[SearchContext]
     finally:
         if own:
             ctx.close()
-    R.write_records(run_dir, recs)  # merges remeasured.json
+    from .optuna_backend import file_lock
+
+    with file_lock(run_dir / ".records.lock"):  # re-read: a worker sharing the run dir may have written since
+        R.write_records(run_dir, R.read_records(run_dir))  # merges remeasured.json
     return done
 
 
@@ -145,9 +148,12 @@ def run_search(exp: Experiment, *, resume: bool = False, address: str | None = N
                             on_records=bar)
     finally:
         bar.close()
-    if exp.search.backend == "optuna" and (exp.latency.mode == "lut" or exp.latency.remeasure_front):
-        remeasure_front(exp, run_dir)  # (the ray backend re-measures on the device's node itself)
-    return finish(exp, run_dir, export=export, onnx=onnx, seconds=time.time() - t0)
+    from .optuna_backend import file_lock
+
+    with file_lock(run_dir / ".finish.lock"):  # searches sharing a run dir re-measure and export in turn
+        if exp.search.backend == "optuna" and (exp.latency.mode == "lut" or exp.latency.remeasure_front):
+            remeasure_front(exp, run_dir)  # (the ray backend re-measures on the device's node itself)
+        return finish(exp, run_dir, export=export, onnx=onnx, seconds=time.time() - t0)
 
 
 def finish(exp: Experiment, run_dir: Path, *, export: bool = True, onnx: bool = True,

@@ -84,8 +84,14 @@ def test_separate_processes_on_one_run_dir_run_exactly_the_budget(tmp_path):
     wait_all(start_workers([exp] * WORKERS, tmp_path), tmp_path)
     run_dir = tmp_path / "run"
     trials = study_trials("sep", journal(run_dir))
-    assert_exact(trials, records(run_dir), TRIALS)
+    recs = records(run_dir)
+    assert_exact(trials, recs, TRIALS)
     assert all(t.user_attrs.get("owner") for t in trials)
+    # the three re-measured and exported in turn: the front in pareto/ is this run's, re-measured
+    front = json.loads((run_dir / "pareto" / "front.json").read_text())["members"]
+    assert front and all(m["latency_measured_ms"] for m in front)
+    measured = {r["arch_key"] for r in recs if r["latency_measured_ms"]}
+    assert {m["arch_key"] for m in front} <= measured
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------
@@ -145,6 +151,15 @@ def postgres_url():
     finally:
         pg(bin_dir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop", check=False)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_storage_url_errors_are_one_line(tmp_path, cli):
+    pytest.importorskip("psycopg2", reason="psycopg2 (the test extra's PostgreSQL driver) is not installed")
+    for i, (url, says) in enumerate([("mysql://u@127.0.0.1/db", "is not a postgresql:// or sqlite:/// URL"),
+                                     (f"postgresql+psycopg2://u@127.0.0.1:{_free_port()}/db", "cannot connect to")]):
+        r = cli("search", tiny_experiment(tmp_path, name="bad", storage=url, output=f"run{i}"), "--json",
+                cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr[-2000:]
 
 
 def test_workers_with_own_run_dirs_on_postgresql_run_exactly_the_budget(tmp_path, postgres_url):
