@@ -36,20 +36,20 @@ def namespaces_work() -> str | None:
     return None if r.returncode == 0 else f"network namespaces not permitted here ({r.stderr.strip()[:120]})"
 
 
-def _node_options(node: dict) -> str:
+def node_options(node: dict) -> str:
     res = f" --resources='{json.dumps(node['resources'])}'" if node.get("resources") else ""
     return f"--num-cpus={node.get('cpus', 1)} --object-store-memory=150000000 --disable-usage-stats{res}"
 
 
 def cluster_script(command: str, head: dict, workers: list[dict], temp: Path, port: int = 6390) -> str:
     """Bash: start the head and ``workers`` (each ``{"cpus": N, "resources": {...}}``), wait until all
-    joined, run ``command``, stop Ray, exit with the command's status.
+    joined, run ``command``, stop Ray, exit with the command's status (90-93: the cluster did not start).
 
     ``command`` may use ``$ADDRESS`` (the head), ``start_worker NAME 'OPTIONS'`` (one more worker
     node; OPTIONS as for ``ray start``) and ``wait_nodes N`` (until N nodes are alive). Node logs go
     to ray_head.log / ray_NAME.log in the working directory.
     """
-    workers_started = "\n".join(f"start_worker worker{i} {shlex.quote(_node_options(w))}"
+    workers_started = "\n".join(f"start_worker worker{i} {shlex.quote(node_options(w))}"
                                  for i, w in enumerate(workers))
     return textwrap.dedent(f"""
         set -u
@@ -58,6 +58,12 @@ def cluster_script(command: str, head: dict, workers: list[dict], temp: Path, po
         export ADDRESS=127.0.0.1:{port}
         start_worker() {{  # a node in a PID namespace of its own: killing its first process kills the node
             eval "unshare --pid --fork --mount-proc {RAY} start --address=$ADDRESS --block $2" >ray_$1.log 2>&1 &
+            for _ in $(seq 600); do  # one at a time: nodes starting together can pick the same socket names
+                grep -q "Ray runtime started" ray_$1.log && return
+                kill -0 $! 2>/dev/null || exit 92
+                sleep 0.1
+            done
+            exit 93
         }}
         wait_nodes() {{
             {sys.executable} -c "
@@ -71,7 +77,7 @@ def cluster_script(command: str, head: dict, workers: list[dict], temp: Path, po
         }}
         RAY_health_check_period_ms=500 RAY_health_check_failure_threshold=3 \\
             {RAY} start --head --port={port} --include-dashboard=false --temp-dir={temp} \\
-            {_node_options(head)} >ray_head.log 2>&1 || exit 90
+            {node_options(head)} >ray_head.log 2>&1 || exit 90
     """) + workers_started + textwrap.dedent(f"""
         wait_nodes {1 + len(workers)}
         {command}
@@ -138,17 +144,35 @@ class LoopbackCluster:
                     todo.append(c)
         return mine
 
-    def kill_node_running(self, title: str, timeout: float = 120) -> int:
-        """Wait until a process whose title starts with ``title`` (e.g. ``ray::LatencyActor``) runs on a
-        worker node, then SIGKILL that node's whole PID namespace. Returns the killed process's pid."""
+    def node_running(self, *titles: str) -> str | None:
+        """The PID namespace of a worker node where a process starting with each of ``titles`` runs
+        (e.g. ``ray::LatencyActor``, ``ray::ImplicitFunc.train`` = a trial running), or None."""
+        procs = self._processes()
+        found = {}
+        for info in procs.values():
+            if len(info["nspid"]) == 3:  # root / cluster / worker node (the head is one level up)
+                for t in titles:
+                    if info["cmdline"].startswith(t):
+                        found.setdefault(info["pidns"], set()).add(t)
+        return next((ns for ns, ts in found.items() if len(ts) == len(titles)), None)
+
+    def wait_node_running(self, *titles: str, timeout: float = 120) -> str:
         t0 = time.time()
         while time.time() - t0 < timeout:
-            assert self.proc.poll() is None, "the cluster's command finished before the kill"
-            procs = self._processes()
-            for pid, info in procs.items():
-                if info["cmdline"].startswith(title) and len(info["nspid"]) == 3:  # root / cluster / node
-                    init = next(p for p, i in procs.items() if i["pidns"] == info["pidns"] and i["nspid"][-1] == "1")
-                    os.kill(init, signal.SIGKILL)  # the namespace's init: the kernel kills the rest
-                    return pid
+            assert self.proc.poll() is None, f"the cluster's command finished before {titles} ran on a worker"
+            ns = self.node_running(*titles)
+            if ns:
+                return ns
             time.sleep(0.1)
-        raise AssertionError(f"no {title!r} process on a worker node within {timeout} s")
+        raise AssertionError(f"{titles} did not run on one worker node within {timeout} s")
+
+    def kill_node(self, pidns: str) -> None:
+        """SIGKILL the first process of the worker node's PID namespace: the kernel kills the rest."""
+        init = next(p for p, i in self._processes().items() if i["pidns"] == pidns and i["nspid"][-1] == "1")
+        os.kill(init, signal.SIGKILL)
+
+    def kill_node_running(self, *titles: str, timeout: float = 120) -> str:
+        """Wait until ``titles`` run on one worker node, kill that node; returns its PID namespace."""
+        ns = self.wait_node_running(*titles, timeout=timeout)
+        self.kill_node(ns)
+        return ns

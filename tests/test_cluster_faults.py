@@ -1,0 +1,166 @@
+"""Cluster faults on a real multi-node Ray cluster on loopback: worker nodes killed (SIGKILL of the
+whole node) in the middle of a search run through ``--address`` (tests/loopback_cluster.py).
+
+Trials are short proxy trainings (a few seconds), so a node is killed while a
+trial or the latency actor runs on it: the test waits until the process is
+there, then kills the node.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loopback_cluster import LoopbackCluster, namespaces_work, node_options
+from test_search_common import records, tiny_experiment
+
+needs_namespaces = pytest.mark.skipif(namespaces_work() is not None, reason=str(namespaces_work()))
+
+TRIAL = "ray::ImplicitFunc.train"  # a Tune trial running on that node
+LATENCY_ACTOR = "ray::LatencyActor"
+DEVICE = {"latency_device": 1}
+LOST = re.compile(r"its node ([0-9a-f]+) left the Ray cluster")
+
+
+def experiment(tmp: Path, name: str, **search) -> Path:
+    p = tiny_experiment(tmp, name=name, backend="ray", accuracy={
+        "method": "proxy_training", "subset": 300, "train": {"epochs": 3, "batch_size": 64, "threads": 1}}, **search)
+    d = yaml.safe_load(p.read_text())
+    d["latency"]["remeasure_front"] = False  # (measured on the device already)
+    p.write_text(yaml.safe_dump(d, sort_keys=False))
+    return p
+
+
+def search(exp: Path, out: str = "search", *args: str) -> str:
+    return (f"{sys.executable} -m shufflenas search {exp} --address $ADDRESS --json --no-onnx {' '.join(args)} "
+            f">{out}.json 2>{out}.log")
+
+
+def wait_records(run_dir: Path, n: int, cluster: LoopbackCluster, log: str = "search.log",
+                 timeout: float = 120) -> list[dict]:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        assert cluster.proc.poll() is None, cluster.log(log)
+        if (run_dir / "trials.jsonl").exists() and len(recs := records(run_dir)) >= n:
+            return recs
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {n} trials recorded within {timeout} s")
+
+
+def assert_kept(before: list[dict], after: list[dict]) -> None:
+    """Every trial finished before the kill is still recorded, unchanged."""
+    by_id = {x["trial_id"]: x for x in after}
+    for b in before:
+        assert {k: by_id[b["trial_id"]][k] for k in ("started", "state", "node", "accuracy")} == \
+            {k: b[k] for k in ("started", "state", "node", "accuracy")}
+
+
+@needs_namespaces
+def test_worker_node_killed_mid_trial_the_trial_is_retried(tmp_path):
+    exp = experiment(tmp_path, "retry", trials=4, concurrency=2, max_failures=1)
+    cluster = LoopbackCluster(tmp_path, search(exp), head={"cpus": 1, "resources": DEVICE}, workers=[{"cpus": 1}])
+    cluster.start()
+    try:
+        before = wait_records(tmp_path / "run", 1, cluster)
+        cluster.kill_node_running(TRIAL)
+        rc, out = cluster.wait()
+    finally:
+        cluster.close()
+    assert rc == 0, f"rc {rc}\n{cluster.log('search.log')}\n{out[-1000:]}"
+    after = records(tmp_path / "run")
+    assert sorted(x["number"] for x in after) == list(range(4))
+    assert all(x["state"] == "COMPLETE" for x in after), [(x["state"], x["reason"]) for x in after]
+    assert_kept(before, after)
+    retried = [x for x in after if x["reason"].startswith("retried 1x after a trial error")]
+    assert len(retried) == 1, [x["reason"] for x in after]
+    lost = LOST.search(retried[0]["reason"])[1]
+    assert retried[0]["node"] != lost  # run again on the node that is left
+    assert json.loads((tmp_path / "search.json").read_text())["states"]["COMPLETE"] == 4
+
+
+@needs_namespaces
+def test_latency_actor_node_killed_the_actor_moves_to_the_other_device_node(tmp_path):
+    # two nodes offer latency_device and run trials; the head only drives
+    exp = experiment(tmp_path, "move", trials=6, concurrency=2, max_failures=0)
+    node = {"cpus": 1, "resources": DEVICE}
+    cluster = LoopbackCluster(tmp_path, search(exp), head={"cpus": 0}, workers=[node, node])
+    cluster.start()
+    try:
+        killed = cluster.kill_node_running(LATENCY_ACTOR, TRIAL)
+        t_kill = time.time()
+        moved = cluster.wait_node_running(LATENCY_ACTOR)  # created again where latency_device is left
+        rc, out = cluster.wait()
+    finally:
+        cluster.close()
+    assert moved != killed
+    assert rc == 0, f"rc {rc}\n{cluster.log('search.log')}\n{out[-1000:]}"
+    recs = records(tmp_path / "run")
+    assert sorted(x["number"] for x in recs) == list(range(6))
+    # the trial running on the killed node failed (max_failures 0), naming the node; the search went on
+    failed = [x for x in recs if x["state"] == "FAIL"]
+    assert len(failed) == 1 and LOST.search(failed[0]["reason"])[1] == failed[0]["node"], failed
+    measured_later = [x for x in recs if x["state"] == "COMPLETE" and x["started"] > t_kill]
+    assert measured_later and all(x["latency_source"] == "measured" and x["latency_ms"] > 0 for x in measured_later)
+    assert failed[0]["node"] not in {x["node"] for x in measured_later}
+
+
+@needs_namespaces
+def test_only_latency_device_node_killed_the_search_stops_resumably(tmp_path):
+    exp = experiment(tmp_path, "stop", trials=4, concurrency=1)
+    device = shlex.quote(node_options({"cpus": 0, "resources": DEVICE}))
+    # the search stops; the device node comes back; --resume finishes the search
+    command = "; ".join([search(exp, "first"), "echo $? >first.rc", "cp run/trials.jsonl stopped.jsonl",
+                         f"start_worker device2 {device}", "wait_nodes 2", search(exp, "resumed", "--resume")])
+    cluster = LoopbackCluster(tmp_path, command, head={"cpus": 1}, workers=[{"cpus": 0, "resources": DEVICE}])
+    cluster.start()
+    try:
+        before = wait_records(tmp_path / "run", 1, cluster, log="first.log")
+        cluster.kill_node_running(LATENCY_ACTOR)
+        rc, out = cluster.wait()
+    finally:
+        cluster.close()
+    first_log = cluster.log("first.log", tail=100_000).splitlines()
+    assert (tmp_path / "first.rc").read_text().strip() == "2", "\n".join(first_log[-30:])
+    assert first_log[-1] == (
+        "shufflenas: error: latency: the node offering 'latency_device' left the Ray cluster; no node offers it "
+        "now -- restart that node (ray start --address=HEAD:PORT --resources='{\"latency_device\": 1}') "
+        "and resume with --resume"), "\n".join(first_log[-30:])
+    stopped = [json.loads(x) for x in (tmp_path / "stopped.jsonl").read_text().splitlines()]
+    assert len(stopped) < 4 and all(x["state"] == "COMPLETE" for x in stopped)
+    assert_kept(before, stopped)
+    # resumed with the device node back: every trial, the ones finished before the stop unchanged
+    assert rc == 0, f"rc {rc}\n{cluster.log('resumed.log')}\n{out[-1000:]}"
+    after = records(tmp_path / "run")
+    assert sorted(x["number"] for x in after) == list(range(4))
+    assert all(x["state"] == "COMPLETE" for x in after), [(x["state"], x["reason"]) for x in after]
+    assert_kept(stopped, after)
+
+
+def test_latency_handle_recreates_a_dead_actor():
+    """Without namespaces: the handle replaces an actor that died (here: ray.kill) and repeats the call."""
+    import ray
+
+    from evaluators.latency import LatencyTarget, MeasurementProtocol
+    from evaluators.latency.ray_actor import LatencyActorHandle
+    from evaluators.ray_cluster import start_private_cluster
+    from test_search_common import QUICK_PROTOCOL
+
+    if ray.is_initialized():
+        ray.shutdown()
+    start_private_cluster(num_cpus=1, resources=DEVICE)
+    try:
+        handle = LatencyActorHandle(LatencyTarget(), protocol=MeasurementProtocol(**QUICK_PROTOCOL))
+        handle.call("close")  # (cheap: the measurement worker is not started)
+        first = handle.actor()
+        ray.kill(first, no_restart=True)
+        handle.call("close")
+        assert handle.actor()._actor_id != first._actor_id
+    finally:
+        ray.shutdown()
