@@ -12,9 +12,9 @@ accuracy (tell them PRUNED: only trials whose final report carries
 * Latency measured on the device: through the serialised measurement actor
   placed on the node offering ``latency_device``; a LUT is loaded by the driver
   and shipped to trials in the object store.
-* Cluster faults: a trial whose worker (or its node) dies is run again up to
-  ``search.max_failures`` times, then recorded FAIL naming the lost node, and
-  the search goes on. If the latency actor's node is lost, the actor is created
+* Cluster faults: a trial whose worker (or its node) dies is run again; after
+  more than ``search.max_failures`` such losses it is recorded FAIL naming the
+  lost node, and the search goes on. If the latency actor's node is lost, the actor is created
   again on another node offering ``latency_device``; if none is left, or a
   trial raises a :class:`ShuffleNASError` (a broken experiment, not a failed
   candidate), the search stops with that one-line message before Tune saves the
@@ -235,7 +235,7 @@ class RecordsCallback(Callback):
         res = trial.last_result or {}
         if res.get("final") and res.get("record"):
             rec = TrialRecord.from_dict(res["record"])
-            retries = trial.run_metadata.num_failures
+            retries = _failures(trial)
             if retries and not rec.reason:
                 rec.reason = f"retried {retries}x after a trial error: {_failure(trial)[0]}"
             self._write(rec)
@@ -257,7 +257,7 @@ class RecordsCallback(Callback):
         self._stop_if_broken(trial)
         self._snapshot(trial)
         why, node = _failure(trial)
-        tries = trial.run_metadata.num_failures
+        tries = _failures(trial)
         rec = _stopped_record(trial, trial.last_result or {}, "FAIL",
                               f"trial error: {why}" + (f" (failed {tries} times)" if tries > 1 else ""))
         rec.node = node or rec.node
@@ -276,6 +276,21 @@ def _trial_exception(trial):
             return cloudpickle.load(f)
     except Exception:  # noqa: BLE001 -- no pickled error (or an unpicklable one): fall back to the text
         return None
+
+
+def _failures(trial) -> int:
+    """How many times ``trial`` failed, one death of its worker counted once.
+
+    Tune can count one death twice (the running task and the actor each report
+    it; seen when a node died just as a trial started), so it is allowed
+    ``2 * search.max_failures`` failures: every trial survives at least
+    ``max_failures`` lost workers. Here failures of the same actor are one.
+    """
+    path = trial.error_file
+    if not path or not os.path.isfile(path):
+        return trial.run_metadata.num_failures
+    blocks = re.split(r"^Failure # \d+ ", Path(path).read_text(), flags=re.M)[1:]
+    return len({(m[1] if (m := re.search(r"actor_id: ([0-9a-f]+)", b)) else i) for i, b in enumerate(blocks)})
 
 
 def _failure(trial) -> tuple[str, str]:
@@ -426,7 +441,7 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] 
                                             max_concurrent_trials=exp.search.concurrency,
                                             time_budget_s=exp.search.timeout_s, reuse_actors=True),
                 run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[callback],
-                                          failure_config=tune.FailureConfig(max_failures=exp.search.max_failures)),
+                                          failure_config=tune.FailureConfig(max_failures=2 * exp.search.max_failures)),
             )
         if callback is not None:
             callback.on_records = on_records

@@ -144,23 +144,24 @@ class LoopbackCluster:
                     todo.append(c)
         return mine
 
-    def node_running(self, *titles: str) -> str | None:
-        """The PID namespace of a worker node where a process starting with each of ``titles`` runs
-        (e.g. ``ray::LatencyActor``, ``ray::ImplicitFunc.train`` = a trial running), or None."""
+    def node_running(self, *titles: str, exclude: tuple[str, ...] = ()) -> str | None:
+        """The PID namespace of a worker node (not in ``exclude``) where a process starting with each of
+        ``titles`` runs (e.g. ``ray::LatencyActor``, ``ray::ImplicitFunc.train`` = a trial running), or None."""
         procs = self._processes()
         found = {}
         for info in procs.values():
-            if len(info["nspid"]) == 3:  # root / cluster / worker node (the head is one level up)
+            # root / cluster / worker node (the head is one level up)
+            if len(info["nspid"]) == 3 and info["pidns"] not in exclude:
                 for t in titles:
                     if info["cmdline"].startswith(t):
                         found.setdefault(info["pidns"], set()).add(t)
         return next((ns for ns, ts in found.items() if len(ts) == len(titles)), None)
 
-    def wait_node_running(self, *titles: str, timeout: float = 120) -> str:
+    def wait_node_running(self, *titles: str, exclude: tuple[str, ...] = (), timeout: float = 120) -> str:
         t0 = time.time()
         while time.time() - t0 < timeout:
             assert self.proc.poll() is None, f"the cluster's command finished before {titles} ran on a worker"
-            ns = self.node_running(*titles)
+            ns = self.node_running(*titles, exclude=exclude)
             if ns:
                 return ns
             time.sleep(0.1)

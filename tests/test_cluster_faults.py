@@ -78,7 +78,7 @@ def test_worker_node_killed_mid_trial_the_trial_is_retried(tmp_path):
     assert sorted(x["number"] for x in after) == list(range(4))
     assert all(x["state"] == "COMPLETE" for x in after), [(x["state"], x["reason"]) for x in after]
     assert_kept(before, after)
-    retried = [x for x in after if x["reason"].startswith("retried 1x after a trial error")]
+    retried = [x for x in after if x["reason"].startswith("retried 1x after a trial error")]  # one loss
     assert len(retried) == 1, [x["reason"] for x in after]
     lost = LOST.search(retried[0]["reason"])[1]
     assert retried[0]["node"] != lost  # run again on the node that is left
@@ -95,11 +95,10 @@ def test_latency_actor_node_killed_the_actor_moves_to_the_other_device_node(tmp_
     try:
         killed = cluster.kill_node_running(LATENCY_ACTOR, TRIAL)
         t_kill = time.time()
-        moved = cluster.wait_node_running(LATENCY_ACTOR)  # created again where latency_device is left
+        cluster.wait_node_running(LATENCY_ACTOR, exclude=(killed,))  # created again on the other node
         rc, out = cluster.wait()
     finally:
         cluster.close()
-    assert moved != killed
     assert rc == 0, f"rc {rc}\n{cluster.log('search.log')}\n{out[-1000:]}"
     recs = records(tmp_path / "run")
     assert sorted(x["number"] for x in recs) == list(range(6))
