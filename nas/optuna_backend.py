@@ -255,6 +255,9 @@ def worker_loop(exp: Experiment, run_dir: Path, budget: Optional[int], deadline:
 
 
 def _process_main(exp_json: str, run_dir: str, budget, deadline, seed_offset: int) -> None:
+    from .trial_worker import exit_with_parent
+
+    exit_with_parent()  # a driver stopped with `kill PID` must not leave its workers claiming trials
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     exp = Experiment.model_validate_json(exp_json)
     worker_loop(exp, Path(run_dir), budget, deadline, seed_offset=seed_offset)

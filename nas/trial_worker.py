@@ -262,7 +262,7 @@ def _kill(proc: subprocess.Popen, conn: _Duplex) -> None:
 
 # ---- the child ---------------------------------------------------------------------------
 
-def _exit_with_parent() -> None:
+def exit_with_parent() -> None:
     """End this process when the parent is gone (a killed search must not leave trainings behind)."""
     parent = os.getppid()
 
@@ -331,5 +331,5 @@ def _release_memory() -> None:
 
 
 if __name__ == "__main__":
-    _exit_with_parent()
+    exit_with_parent()
     _serve(_Duplex(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)))

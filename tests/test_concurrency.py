@@ -79,6 +79,28 @@ def test_concurrency_setting_runs_exactly_the_budget(tmp_path):
     assert_exact(study_trials("conc", journal(run_dir)), records(run_dir), TRIALS)
 
 
+def test_workers_end_with_a_driver_stopped_by_kill_pid(tmp_path):
+    """`kill PID` reaches only the driver: its worker processes must not go on claiming trials."""
+    import signal
+    import time
+
+    from test_search_common import wait_for_records
+
+    exp = tiny_experiment(tmp_path, name="orphan", trials=200, concurrency=2)
+    proc = start_cli("search", exp, "--json", "--no-onnx", cwd=tmp_path, log=tmp_path / "orphan.log")
+    wait_for_records(tmp_path / "run", 1, proc)
+    workers = [int(x) for x in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert workers, "no worker processes found"
+    os.kill(proc.pid, signal.SIGKILL)  # the driver alone, not its process group
+    proc.wait()
+    t0 = time.time()
+    while time.time() - t0 < 30 and any(Path(f"/proc/{w}").exists() and
+                                         Path(f"/proc/{w}/stat").read_text().split()[2] != "Z" for w in workers):
+        time.sleep(0.2)
+    alive = [w for w in workers if Path(f"/proc/{w}").exists() and Path(f"/proc/{w}/stat").read_text().split()[2] != "Z"]
+    assert not alive, f"worker processes {alive} outlived the driver"
+
+
 def test_separate_processes_on_one_run_dir_run_exactly_the_budget(tmp_path):
     exp = tiny_experiment(tmp_path, name="sep", trials=TRIALS)
     wait_all(start_workers([exp] * WORKERS, tmp_path), tmp_path)
