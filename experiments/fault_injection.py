@@ -39,6 +39,8 @@ from pathlib import Path
 
 import yaml
 
+from search_space.io import read_jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 SPACE = {
@@ -88,17 +90,8 @@ def start(exp: Path, log: Path, resume: bool) -> subprocess.Popen:
 
 
 def records(run_dir: Path) -> dict[str, dict]:
-    p = run_dir / "trials.jsonl"
-    if not p.exists():
-        return {}
-    out = {}
-    for line in p.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:  # a half-written line: counted by unreadable_files()
-            continue
-        out[r["trial_id"]] = r
-    return out
+    # a half-written line is skipped here and counted by unreadable_files()
+    return {r["trial_id"]: r for r in read_jsonl(run_dir / "trials.jsonl")}
 
 
 def ray_owned(rel: Path) -> bool:

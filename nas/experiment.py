@@ -14,8 +14,8 @@ the field)::
     output: runs/quickstart
 
 Relative paths (space file, dataset path, LUT, supernet checkpoint, seed
-YAMLs, output) resolve against the experiment file's folder, so an
-experiment runs the same from any working directory.
+YAMLs, output, retrain.baselines_from) resolve against the experiment
+file's folder, so an experiment runs the same from any working directory.
 """
 
 from __future__ import annotations
@@ -153,6 +153,9 @@ class RetrainSpec(Frozen):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     #: relative latency difference treated as a tie (the measured noise floor here is ~3%)
     latency_tolerance: float = Field(0.05, ge=0.0, lt=1.0)
+    #: another run folder whose baselines are reused when they were trained with exactly this
+    #: recipe (dataset, subset, split, seed, training settings); any difference retrains them
+    baselines_from: Optional[str] = None
 
     @field_validator("baselines")
     @classmethod
@@ -272,6 +275,8 @@ def _resolve_paths(data: dict, base: Path) -> dict:
     if isinstance(d.get("seeds"), list):
         d["seeds"] = [_resolve(base, s) if isinstance(s, str) and s.endswith((".yaml", ".yml")) else s
                       for s in d["seeds"]]
+    if isinstance(d.get("retrain"), dict) and isinstance(d["retrain"].get("baselines_from"), str):
+        d["retrain"] = {**d["retrain"], "baselines_from": _resolve(base, d["retrain"]["baselines_from"])}
     if isinstance(d.get("output"), str):
         d["output"] = _resolve(base, d["output"])
     d["base_dir"] = str(base)

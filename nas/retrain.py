@@ -7,7 +7,9 @@ on the test split, and its latency is re-measured in one measurement session
 with the search's target. Results go to ``RUN_DIR/retrain/``:
 
     candidates.json   the picked front members, with the latencies measured to pick them
-    results.jsonl     one line per trained model (appended as each finishes: a killed run resumes)
+    results.jsonl     one line per trained model (appended as each finishes: a killed run resumes;
+                      with ``retrain.baselines_from``, baselines another run trained with the
+                      very same recipe are copied here instead of being trained again)
     latency.json      the re-measurement of every model, one session
     table.md          the table (architecture, params, MFLOPs, latency, test accuracy, time)
     front.png         test accuracy vs latency: searched front against the baselines
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from search_space import Architecture, build_model, presets, profile
-from search_space.io import atomic_write_json, atomic_write_text
+from search_space.io import atomic_write_json, atomic_write_text, read_jsonl
 
 from . import records as R
 from .experiment import Experiment, ExperimentError, RetrainSpec
@@ -92,17 +94,46 @@ def _target_and_protocol(exp: Experiment):
     return target, (MeasurementProtocol(**exp.latency.protocol) if exp.latency.protocol else None)
 
 
-def _done(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
+def _recipe(exp: Experiment, spec: RetrainSpec, config: dict) -> dict:
+    """Everything that decides a retrained model's accuracy besides its architecture."""
+    return {"data": exp.data, "subset": spec.subset, "val_fraction": spec.val_fraction,
+            "seed": exp.search.seed, "train": config}
+
+
+def _done(path: Path, recipe: dict, log=print) -> dict[str, dict]:
+    """Models already trained with ``recipe`` (a line cut by a kill: that model is trained again).
+
+    A row of an older recipe (the retrain section was edited before resuming) is not reused.
+    Rows written before recipes were recorded are matched on their training settings.
+    """
     done = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill: that model is retrained
-            continue
-        done[row["name"]] = row
+    for row in read_jsonl(path):
+        same = row.get("recipe", {**recipe, "train": row.get("config")}) == recipe
+        if same:
+            done[row["name"]] = row
+        else:
+            log(f"retrain: {row['name']} was trained with another recipe; it is trained again")
     return done
+
+
+def _reuse_baselines(spec: RetrainSpec, recipe: dict, names: set[str], log=print) -> list[dict]:
+    """Baselines of ``spec.baselines_from`` trained with exactly ``recipe`` (others are trained here)."""
+    from .search import run_experiment_file
+
+    src = Path(spec.baselines_from)
+    theirs = run_experiment_file(src)
+    their_spec = theirs.retrain or RetrainSpec()
+    rows = []
+    for row in read_jsonl(src / "retrain" / "results.jsonl"):
+        if row.get("kind") != "baseline" or row["name"] not in names:
+            continue
+        their_recipe = row.get("recipe") or _recipe(theirs, their_spec, row.get("config"))
+        if their_recipe == recipe:
+            rows.append({**row, "recipe": recipe, "reused_from": str(src)})
+        else:
+            diff = sorted(k for k in recipe if their_recipe.get(k) != recipe[k])
+            log(f"retrain: {row['name']} in {src} differs in {', '.join(diff)}; it is trained here")
+    return rows
 
 
 def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, progress: bool = True,
@@ -118,8 +149,17 @@ def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, progress
     out.mkdir(parents=True, exist_ok=True)
     models = _models(run_dir, exp, spec, log=log)
     results_path = out / "results.jsonl"
-    done = _done(results_path)
     config = TrainConfig(**{"seed": exp.search.seed, **spec.train})
+    recipe = _recipe(exp, spec, config.to_dict())
+    done = _done(results_path, recipe, log)
+    if spec.baselines_from:
+        todo = {name for name, kind, _ in models if kind == "baseline" and name not in done}
+        for row in _reuse_baselines(spec, recipe, todo, log):
+            with results_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            done[row["name"]] = row
+            log(f"retrain: {row['name']} reused from {row['reused_from']} (same recipe): "
+                f"{row['test_acc']:.4f} test")
     data_cache: dict[int, Any] = {}
     for name, kind, arch in models:
         if name in done:
@@ -141,7 +181,8 @@ def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, progress
         row = {"name": name, "kind": kind, "arch": arch.to_dict(), "params": p.params,
                "mflops": round(p.mflops, 3), "val_acc": res.accuracy, "test_acc": test_acc,
                "test_loss": test_loss, "train_seconds": round(res.seconds, 1),
-               "epochs": res.epochs, "train_images": len(data.train), "config": config.to_dict()}
+               "epochs": res.epochs, "train_images": len(data.train), "config": config.to_dict(),
+               "recipe": recipe}
         (out / name).mkdir(exist_ok=True)
         arch.to_yaml(out / name / "architecture.yaml")
         with results_path.open("a") as fh:  # one whole line per finished model
@@ -189,7 +230,7 @@ def markdown_table(rows: list[dict], verdicts: list[dict]) -> str:
     head = ("| model | kind | params | MFLOPs | latency ms (median, IQR/med) | test acc | val acc | train s |\n"
             "|---|---|---:|---:|---:|---:|---:|---:|\n")
     body = "".join(
-        f"| {r['name']} | {r['kind']} | {r['params']:,} | {r['mflops']:.1f} | "
+        f"| {r['name']}{' (reused)' if r.get('reused_from') else ''} | {r['kind']} | {r['params']:,} | {r['mflops']:.1f} | "
         f"{r['latency_ms']:.3f} ({100 * r['latency_iqr_rel']:.1f}%){' flagged' if r['latency_flagged'] else ''} | "
         f"{100 * r['test_acc']:.2f}% | {100 * r['val_acc']:.2f}% | {r['train_seconds']:.0f} |\n"
         for r in sorted(rows, key=lambda r: r["latency_ms"]))

@@ -57,3 +57,46 @@ def test_pick_matches_each_baseline_then_spreads():
     assert 1 in nums and 4 in nums and len(nums) == 4 and nums == sorted(nums)
     assert len({r.number for r in pick_candidates(front, 2, measured, targets=(0.5,))}) == 2  # none under 0.5
     assert [r.number for r in pick_candidates(front, 3)] == [0, 4, 7]  # no targets: spread evenly
+
+
+def test_baselines_reused_only_with_the_same_recipe(tmp_path, capsys):
+    """retrain.baselines_from copies another run's baselines when dataset, split, seed and
+    training settings are identical, and trains them again when anything differs."""
+    import shutil
+
+    from nas.experiment import load_experiment
+    from nas.retrain import retrain
+
+    path = tiny_experiment(tmp_path, trials=3)
+    raw = yaml.safe_load(path.read_text())
+    raw["retrain"] = {"baselines": ["shufflenet_v2_x0_5_cifar"], "candidates": 1, "subset": 300,
+                      "train": {"epochs": 1, "batch_size": 32}}
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path), "--json"]) == 0
+    capsys.readouterr()
+    first = tmp_path / "run"
+    base_row = next(r for r in map(json.loads, (first / "retrain" / "results.jsonl").read_text().splitlines())
+                    if r["kind"] == "baseline")
+
+    def second_run(name, **train):
+        run2 = tmp_path / name
+        shutil.copytree(first, run2, ignore=shutil.ignore_patterns("retrain"))
+        raw2 = {**raw, "output": str(run2),
+                "retrain": {**raw["retrain"], "baselines_from": "run", "train": {**raw["retrain"]["train"], **train}}}
+        p2 = tmp_path / f"{name}.yaml"
+        p2.write_text(yaml.safe_dump(raw2))
+        logs = []
+        summary = retrain(run2, load_experiment(p2), load_experiment(p2).retrain, log=logs.append)
+        return {m["name"]: m for m in summary["models"]}, logs
+
+    same, logs = second_run("same")
+    reused = same["shufflenet_v2_x0_5_cifar"]
+    assert reused["reused_from"] == str(first) and reused["test_acc"] == base_row["test_acc"]
+    assert reused["train_seconds"] == base_row["train_seconds"]
+    assert any("reused from" in m for m in logs)
+    assert all(m["kind"] == "baseline" or "reused_from" not in m for m in same.values())
+
+    other, logs = second_run("other", epochs=2)
+    assert "reused_from" not in other["shufflenet_v2_x0_5_cifar"]
+    assert other["shufflenet_v2_x0_5_cifar"]["epochs"] == 2
+    assert any("differs in train" in m for m in logs)
