@@ -51,6 +51,7 @@ class TrialRecord:
     checkpoint: Optional[str] = None
     trial_id: str = ""  # backend's id (Optuna trial number / Ray Tune trial id)
     node: str = ""  # where it ran: host:pid (Optuna) or the Ray node id
+    copy_of: Optional[int] = None  # the sampler proposed an architecture already scored: that trial's number
     accuracy_extra: dict = field(default_factory=dict)
     latency_extra: dict = field(default_factory=dict)
 

@@ -138,3 +138,30 @@ def test_seeds_filling_the_whole_budget_all_run(tmp_path, cli):
     assert r.returncode == 0, r.stderr[-2000:]
     recs = records(tmp_path / "run")
     assert sorted(x["seed"] for x in recs) == ["known0", "known1", "known2"]
+
+
+def test_an_architecture_is_scored_once(tmp_path):
+    """A space of 2 points and 6 trials: the sampler must repeat itself, and the repeats copy the
+    first record (same values, ``copy_of`` its number) instead of scoring it again."""
+    from nas.experiment import load_experiment
+    from nas.search import run_search
+
+    path = tiny_experiment(tmp_path, trials=6)
+    raw = yaml.safe_load(path.read_text())
+    raw["space"]["stages"] = [{"unit": "v2", "channels": 16, "depth": 1, "kernel": [3, 5]},
+                              {"unit": "v2", "channels": 32, "depth": 1}]
+    raw["space"]["head_channels"] = 64
+    path.write_text(yaml.safe_dump(raw))
+    run_search(load_experiment(path), progress=False)
+    recs = records(tmp_path / "run")
+    assert len(recs) == 6 and all(r["state"] == "COMPLETE" for r in recs)
+    first = {}
+    for r in sorted(recs, key=lambda r: r["number"]):
+        if r["arch_key"] not in first:
+            assert r["copy_of"] is None and r["latency_seconds"] > 0
+            first[r["arch_key"]] = r
+        else:
+            orig = first[r["arch_key"]]
+            assert r["copy_of"] == orig["number"] and r["accuracy_seconds"] == 0.0
+            assert (r["accuracy"], r["latency_ms"]) == (orig["accuracy"], orig["latency_ms"])
+    assert len(first) <= 2

@@ -121,7 +121,7 @@ class MeasurementProtocol(Frozen):
     @classmethod
     def quick(cls, **changes) -> "MeasurementProtocol":
         """A short protocol for building lookup tables of many small blocks (and for tests)."""
-        base = dict(warmup_runs=5, warmup_seconds=0.05, min_runs=20, min_seconds=0.15)
+        base = dict(warmup_runs=5, warmup_seconds=0.05, min_runs=20, min_seconds=0.15, reference_every=20)
         return cls(**{**base, **changes})
 
     def to_dict(self) -> dict:

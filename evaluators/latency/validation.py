@@ -49,28 +49,40 @@ def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: Measureme
     """Predict every architecture from ``lut`` and measure it in one worker session on ``lut.target``.
 
     Predictions are made first, so a table missing a block fails before anything is measured.
-    With ``MIN_FOR_DRIFT`` or more architectures the reference preset is measured before and after
-    (and every ``protocol.reference_every``), so the report says whether the machine drifted.
+    The protocol is the table's own (same clock, same reference timing) unless given. With
+    ``MIN_FOR_DRIFT`` or more architectures the reference preset is measured before every
+    network and once at the end; the metrics are reported twice: against the raw measurements,
+    and ``speed_corrected`` -- each measurement divided by the machine's speed around it (the
+    mean of the references before and after, over the table's first reference), which is the
+    table's error at the speed it predicts for, separated from the host's drift.
     ``same_machine`` tells whether this machine matches the table's processor and library versions.
     """
     predicted = [lut.predict(a) for a in archs]
-    # The same clock the table was measured with; a table's CPU-time entries predict CPU time.
-    protocol = protocol or MeasurementProtocol(clock=lut.protocol.clock)
-    if len(archs) < MIN_FOR_DRIFT:  # a reference before and after is worth it only for a longer session
-        protocol = protocol.model_copy(update={"reference_every": 0})
+    protocol = protocol or lut.protocol
+    every = 1 if len(archs) >= MIN_FOR_DRIFT else 0
+    protocol = protocol.model_copy(update={"reference_every": every})
     with MeasurementWorker(lut.target, protocol) as w:
         results = [w.latency(a) for a in archs]
-        if protocol.reference_every:
+        if every:
             w.reference()  # closing check, so drift spans the whole session
         drift = {k: v for k, v in w.drift().items() if k != "history"}
+        refs = [r["median_ms"] for r in w.references]
     measured = [r.median_ms for r in results]
     here = machine_info(lut.target.device)
     keys = ("cpu", "torch", "onnxruntime")
+    base = lut.meta.get("reference_ms") or (lut.meta.get("drift") or {}).get("baseline_ms")
+    speeds = ([(refs[i] + refs[i + 1]) / 2 / base for i in range(len(archs))]
+              if every and base and len(refs) == len(archs) + 1 else None)
     rows = [{"name": a.name, "predicted_ms": p, "measured_ms": r.median_ms, "error": (p - r.median_ms) / r.median_ms,
-             "iqr_rel": r.iqr_rel, "flagged": r.flagged, "cpu_share": r.extra.get("cpu_share"), "arch": a.to_dict()}
-            for a, p, r in zip(archs, predicted, results)]
+             "iqr_rel": r.iqr_rel, "flagged": r.flagged, "cpu_share": r.extra.get("cpu_share"),
+             "speed": speeds[i] if speeds else None, "arch": a.to_dict()}
+            for i, (a, p, r) in enumerate(zip(archs, predicted, results))]
     shares = [r.extra["cpu_share"] for r in results if r.extra.get("cpu_share") is not None]
-    return {**error_metrics(predicted, measured), "flagged": sum(r.flagged for r in results),
-            "cpu_share_median": float(np.median(shares)) if shares else None,
-            "target": lut.target.to_dict(), "same_machine": all(lut.machine.get(k) == here.get(k) for k in keys),
-            "machine": here, "drift": drift, "anchors_within_10": ANCHORS, "rows": rows}
+    out = {**error_metrics(predicted, measured), "flagged": sum(r.flagged for r in results),
+           "cpu_share_median": float(np.median(shares)) if shares else None,
+           "target": lut.target.to_dict(), "same_machine": all(lut.machine.get(k) == here.get(k) for k in keys),
+           "machine": here, "drift": drift, "anchors_within_10": ANCHORS, "rows": rows}
+    if speeds:
+        out["speed_corrected"] = error_metrics(predicted, [m / s for m, s in zip(measured, speeds)])
+        out["speed"] = {"min": min(speeds), "max": max(speeds), "table_reference_ms": base}
+    return out

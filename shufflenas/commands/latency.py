@@ -160,7 +160,9 @@ def lut_validate(lut_path, samples, space_file, seed, min_time, clock, as_json):
     if clock != table_.protocol.clock:
         raise click.UsageError(f"the table was measured with clock {table_.protocol.clock}; validate with "
                                f"--clock {table_.protocol.clock}")
-    rep = validate_lut(table_, archs, make_protocol(min_time, clock=clock))
+    # the table's own protocol: networks and drift references timed the way its entries were
+    protocol = table_.protocol if min_time is None else table_.protocol.model_copy(update={"min_seconds": min_time})
+    rep = validate_lut(table_, archs, protocol)
     emit(rep, as_json, format_validation(rep, ANCHORS))
 
 
@@ -173,6 +175,12 @@ def format_validation(rep: dict, anchors: dict) -> str:
     lines += [f"  flagged         {rep['flagged']} (spread above threshold after repeats)",
               f"  drift           {rep['drift'].get('worst_ratio', 1.0):.3f} worst reference ratio"
               + (" -- DRIFTED" if rep["drift"].get("drifted") else "")]
+    sc = rep.get("speed_corrected")
+    if sc:
+        sp = rep["speed"]
+        lines += [f"speed-corrected (each measurement over the machine's speed then, {sp['min']:.2f}-"
+                  f"{sp['max']:.2f}x the table's): MAPE {sc['mape']:.2%}, within +/-10% {sc['within_10']:.1%}, "
+                  f"Spearman {sc.get('spearman', float('nan')):.3f}"]
     lines += ["published within +/-10%: " + ", ".join(f"{k} {v:.1%}" for k, v in anchors.items())]
     if not rep["same_machine"]:
         lines.append("warning: this machine differs from the one the table was built on (processor or versions)")
