@@ -139,6 +139,13 @@ def test_build_tags_speed_and_validation_corrects_for_it(tmp_path, tiny_space):
                            calibration=3)
     ref = lut.meta["reference_ms"]
     assert ref > 0 and all(e["speed"] > 0 for e in lut.entries.values())
+    data = json.loads((tmp_path / "l.json").read_text())
+    data["entries"] = dict(list(data["entries"].items())[:5])
+    data["meta"]["complete"] = False
+    (tmp_path / "l.json").write_text(json.dumps(data))
+    resumed = LatencyLUT.build(tiny_space, LatencyTarget(), protocol, progress=False, path=tmp_path / "l.json",
+                               calibration=3)
+    assert resumed.meta["reference_ms"] == ref  # the killed session's unit, kept for the new entries
     assert all(c["speed"] > 0 for c in lut.overhead["calibration"])
     archs = held_out_sample(lut, tiny_space, 10, seed=5)
     rep = validate_lut(lut, archs)  # 10 networks: a reference before each and one after

@@ -131,7 +131,8 @@ class LatencyLUT:
             old = cls.load(path, target=target)
             lut.entries = {k: v for k, v in old.entries.items() if k in blocks}
             lut.overhead = old.overhead
-            lut.meta.update({k: v for k, v in old.meta.items() if k.startswith("build_")})
+            # reference_ms: entries of the earlier session are scaled to its reference; so are the new ones
+            lut.meta.update({k: v for k, v in old.meta.items() if k.startswith("build_") or k == "reference_ms"})
         lut.path = Path(path) if path is not None else None
         todo = [k for k in blocks if k not in lut.entries]
         calib_archs = sp.sample(calibration, seed=seed) if calibration else []
