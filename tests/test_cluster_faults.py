@@ -54,6 +54,19 @@ def wait_records(run_dir: Path, n: int, cluster: LoopbackCluster, log: str = "se
     raise AssertionError(f"fewer than {n} trials recorded within {timeout} s")
 
 
+def run_through(cluster: LoopbackCluster, during, log: str = "search.log"):
+    """Start ``cluster`` (its command runs the search), call ``during(cluster)`` while the command
+    runs, wait for the command, close the cluster. Returns what ``during`` returned, the command's
+    exit status, and a failure message with the search's log and the command's output tail."""
+    cluster.start()
+    try:
+        got = during(cluster)
+        rc, out = cluster.wait()
+    finally:
+        cluster.close()
+    return got, rc, f"rc {rc}\n{cluster.log(log)}\n{out[-1000:]}"
+
+
 def assert_kept(before: list[dict], after: list[dict]) -> None:
     """Every trial finished before the kill is still recorded, unchanged."""
     by_id = {x["trial_id"]: x for x in after}
@@ -66,17 +79,16 @@ def assert_kept(before: list[dict], after: list[dict]) -> None:
 def test_worker_node_killed_mid_trial_the_trial_is_retried(tmp_path):
     exp = experiment(tmp_path, "retry", trials=4, concurrency=2, max_failures=1)
     cluster = LoopbackCluster(tmp_path, search(exp), head={"cpus": 1, "resources": DEVICE}, workers=[{"cpus": 1}])
-    cluster.start()
-    try:
+
+    def kill_mid_trial(c):
         # Kill the worker node as soon as a trial runs there: that first trial loads its data, so it is
         # mid-training. (Waiting for a first record instead let the kill land in the moment after the
         # worker's trial had sent its final result -- nothing lost, nothing retried -- on a loaded box.)
-        cluster.kill_node_running(TRIAL)
-        before = records(tmp_path / "run") if (tmp_path / "run" / "trials.jsonl").exists() else []
-        rc, out = cluster.wait()
-    finally:
-        cluster.close()
-    assert rc == 0, f"rc {rc}\n{cluster.log('search.log')}\n{out[-1000:]}"
+        c.kill_node_running(TRIAL)
+        return records(tmp_path / "run") if (tmp_path / "run" / "trials.jsonl").exists() else []
+
+    before, rc, why = run_through(cluster, kill_mid_trial)
+    assert rc == 0, why
     after = records(tmp_path / "run")
     assert sorted(x["number"] for x in after) == list(range(4))
     assert all(x["state"] == "COMPLETE" for x in after), [(x["state"], x["reason"]) for x in after]
@@ -94,15 +106,15 @@ def test_latency_actor_node_killed_the_actor_moves_to_the_other_device_node(tmp_
     exp = experiment(tmp_path, "move", trials=6, concurrency=2, max_failures=0)
     node = {"cpus": 1, "resources": DEVICE}
     cluster = LoopbackCluster(tmp_path, search(exp), head={"cpus": 0}, workers=[node, node])
-    cluster.start()
-    try:
-        killed = cluster.kill_node_running(LATENCY_ACTOR, TRIAL)
+
+    def kill_actor_node(c):
+        killed = c.kill_node_running(LATENCY_ACTOR, TRIAL)
         t_kill = time.time()
-        cluster.wait_node_running(LATENCY_ACTOR, exclude=(killed,))  # created again on the other node
-        rc, out = cluster.wait()
-    finally:
-        cluster.close()
-    assert rc == 0, f"rc {rc}\n{cluster.log('search.log')}\n{out[-1000:]}"
+        c.wait_node_running(LATENCY_ACTOR, exclude=(killed,))  # created again on the other node
+        return t_kill
+
+    t_kill, rc, why = run_through(cluster, kill_actor_node)
+    assert rc == 0, why
     recs = records(tmp_path / "run")
     assert sorted(x["number"] for x in recs) == list(range(6))
     # the trial running on the killed node failed (max_failures 0), naming the node; the search went on
@@ -121,13 +133,13 @@ def test_only_latency_device_node_killed_the_search_stops_resumably(tmp_path):
     command = "; ".join([search(exp, "first"), "echo $? >first.rc", "cp run/trials.jsonl stopped.jsonl",
                          f"start_worker device2 {device}", "wait_nodes 2", search(exp, "resumed", "--resume")])
     cluster = LoopbackCluster(tmp_path, command, head={"cpus": 1}, workers=[{"cpus": 0, "resources": DEVICE}])
-    cluster.start()
-    try:
-        before = wait_records(tmp_path / "run", 1, cluster, log="first.log")
-        cluster.kill_node_running(LATENCY_ACTOR)
-        rc, out = cluster.wait()
-    finally:
-        cluster.close()
+
+    def kill_the_device(c):
+        before = wait_records(tmp_path / "run", 1, c, log="first.log")
+        c.kill_node_running(LATENCY_ACTOR)
+        return before
+
+    before, rc, why = run_through(cluster, kill_the_device, log="resumed.log")
     first_log = cluster.log("first.log", tail=100_000).splitlines()
     assert (tmp_path / "first.rc").read_text().strip() == "2", "\n".join(first_log[-30:])
     assert first_log[-1] == (
@@ -138,7 +150,7 @@ def test_only_latency_device_node_killed_the_search_stops_resumably(tmp_path):
     assert len(stopped) < 4 and all(x["state"] == "COMPLETE" for x in stopped)
     assert_kept(before, stopped)
     # resumed with the device node back: every trial, the ones finished before the stop unchanged
-    assert rc == 0, f"rc {rc}\n{cluster.log('resumed.log')}\n{out[-1000:]}"
+    assert rc == 0, why
     after = records(tmp_path / "run")
     assert sorted(x["number"] for x in after) == list(range(4))
     assert all(x["state"] == "COMPLETE" for x in after), [(x["state"], x["reason"]) for x in after]
