@@ -302,8 +302,35 @@ def _failure(trial) -> tuple[str, str]:
     node = re.search(r"node has died\. Node Id: ([0-9a-f]+)", text)
     if node:
         return f"its node {node[1]} left the Ray cluster (the trial's worker died with it)", node[1]
+    unavailable = re.search(r"actor ([0-9a-f]+) is unavailable", text)
+    if unavailable and (lost := _dead_node_of(unavailable[1])):
+        return f"its node {lost} left the Ray cluster (the trial's worker died with it)", lost
     lines = [" ".join(x.split()) for x in text.splitlines() if x.strip()]
     return (lines[-1] if lines else "unknown error")[:300], ""
+
+
+def _dead_node_of(actor_id: str, wait_s: float = 30.0) -> str:
+    """The node of ``actor_id`` if that node is dead (waiting up to ``wait_s`` for Ray to decide), else "".
+
+    On a loaded machine a trial whose node was killed can fail with "actor ... is unavailable"
+    (the connection dropped) before Ray's health check has declared the node dead, so the
+    error does not name the node; the actor table does.
+    """
+    import ray
+
+    try:
+        from ray._private.state import actors  # the GCS actor table (no dashboard needed)
+
+        node = actors(actor_id=actor_id)["Address"]["NodeID"]
+    except Exception:  # noqa: BLE001 -- an internal API: without it the error text is reported as is
+        return ""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        alive = {n["NodeID"]: n.get("Alive") for n in ray.nodes()}
+        if not alive.get(node, False):
+            return node
+        time.sleep(1.0)
+    return ""
 
 
 def _stopped_record(trial, res: dict, state: str, reason: str) -> TrialRecord:
