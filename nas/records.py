@@ -161,6 +161,19 @@ def front(records: Sequence[TrialRecord], objectives: Sequence[str]) -> list[Tri
     return [r for r, keep in zip(cands, mask) if keep]
 
 
+def fronts(records: Sequence[TrialRecord], objectives: Sequence[str], n: int) -> list[list[TrialRecord]]:
+    """The first ``n`` non-dominated layers: the front, the front of what is left, and so on."""
+    layers, rest = [], list(records)
+    for _ in range(n):
+        layer = front(rest, objectives)
+        if not layer:
+            break
+        layers.append(layer)
+        taken = {r.arch_key for r in layer}
+        rest = [r for r in rest if r.arch_key not in taken]
+    return layers
+
+
 def reference_point(records: Sequence[TrialRecord], objectives: Sequence[str],
                     given: dict | None = None, budget_ms: float | None = None) -> dict[str, float]:
     """Hypervolume reference point (worst values): given > latency budget > nadir + 10% of the range."""

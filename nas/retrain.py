@@ -31,26 +31,31 @@ from . import records as R
 from .experiment import Experiment, ExperimentError, RetrainSpec
 
 def pick_candidates(front: list[R.TrialRecord], n: int, latency: dict[int, float] | None = None,
-                    targets: tuple[float, ...] = ()) -> list[R.TrialRecord]:
+                    targets: tuple[float, ...] = (), more: list[list[R.TrialRecord]] = ()) -> list[R.TrialRecord]:
     """The Pareto members to retrain.
 
     First, for each latency in ``targets`` (the baselines' measured latencies), the
     member with the best search accuracy at or under it: the rival the comparison
     needs. Then members spread evenly over the front's latency range, up to ``n``
-    in all. ``latency`` maps trial numbers to measured latencies (the search's
-    own estimate when absent: a LUT prediction can sit on the wrong side of a baseline).
+    in all. If the front has fewer than ``n`` members, the next non-dominated layers
+    (``more``, in order) fill the rest the same way: a search score is a noisy
+    estimate, and a runner-up may retrain better. ``latency`` maps trial numbers to
+    measured latencies (the search's own estimate when absent: a LUT prediction can
+    sit on the wrong side of a baseline).
     """
     lat = (lambda r: latency[r.number]) if latency else (lambda r: r.latency_ms)
-    members = sorted(front, key=lat)
     chosen: list[R.TrialRecord] = []
+    members = sorted(front, key=lat)
     for t in sorted(targets):
         under = [m for m in members if lat(m) <= t]
         best = max(under, key=lambda m: m.accuracy, default=None)
         if best is not None and best not in chosen:
             chosen.append(best)
-    spread = n - len(chosen)
-    if spread > 0 and members:
-        rest = [m for m in members if m not in chosen]
+    for layer in (front, *more):
+        spread = n - len(chosen)
+        rest = [m for m in sorted(layer, key=lat) if m not in chosen]
+        if spread <= 0 or not rest:
+            continue
         if len(rest) <= spread:
             chosen += rest
         else:
@@ -68,23 +73,43 @@ def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, log=print) -> 
     baselines = [(name, "baseline", presets.get(name)) for name in spec.baselines]
     if saved.is_file():
         picked = json.loads(saved.read_text())
-        return [(m["name"], "searched", Architecture.from_dict(m["arch"])) for m in picked["searched"]] + baselines
-    front = R.front(R.read_records(run_dir), exp.objectives)
-    if not front:
+        if picked.get("candidates", spec.candidates) == spec.candidates:
+            return [(m["name"], "searched", Architecture.from_dict(m["arch"])) for m in picked["searched"]] \
+                + baselines
+        log(f"retrain: retrain.candidates changed to {spec.candidates}; picking again "
+            f"(models already trained are kept)")
+    layers = _layers(R.read_records(run_dir), exp.objectives, spec.candidates)
+    if not layers:
         raise ExperimentError(f"{run_dir}: the run has no feasible completed trial to retrain")
+    front, more = layers[0], layers[1:]
     from evaluators.latency import MeasurementWorker
 
-    log(f"retrain: measuring {len(front)} front members and {len(baselines)} baselines to pick the rivals ...")
+    members = [r for layer in layers for r in layer]
+    log(f"retrain: measuring {len(members)} searched networks ({len(front)} on the front) and "
+        f"{len(baselines)} baselines to pick the rivals ...")
     with MeasurementWorker(*_target_and_protocol(exp)) as worker:
         base_ms = {name: worker.latency(arch).median_ms for name, _, arch in baselines}
-        front_ms = {r.number: worker.latency(Architecture.from_dict(r.arch)).median_ms for r in front}
-    picks = pick_candidates(front, spec.candidates, front_ms, tuple(base_ms.values()))
+        searched_ms = {r.number: worker.latency(Architecture.from_dict(r.arch)).median_ms for r in members}
+    picks = pick_candidates(front, spec.candidates, searched_ms, tuple(base_ms.values()), more)
+    layer_of = {r.number: i + 1 for i, layer in enumerate(layers) for r in layer}
     searched = [{"name": f"trial{r.number}", "trial": r.number, "search_accuracy": r.accuracy,
-                 "search_latency_ms": r.latency_ms, "measured_ms": front_ms[r.number], "arch": r.arch}
-                for r in picks]
-    atomic_write_json(saved, {"searched": searched, "baselines_ms": base_ms,
-                              "front_ms": {str(k): v for k, v in front_ms.items()}})
+                 "search_latency_ms": r.latency_ms, "measured_ms": searched_ms[r.number],
+                 "pareto_layer": layer_of[r.number], "arch": r.arch} for r in picks]
+    atomic_write_json(saved, {"candidates": spec.candidates, "searched": searched, "baselines_ms": base_ms,
+                              "searched_ms": {str(k): v for k, v in searched_ms.items()}})
     return [(m["name"], "searched", Architecture.from_dict(m["arch"])) for m in searched] + baselines
+
+
+def _layers(records, objectives, n: int) -> list[list[R.TrialRecord]]:
+    """Non-dominated layers, as many as it takes to hold ``n`` architectures (at most n layers)."""
+    layers = R.fronts(records, objectives, n)
+    out, count = [], 0
+    for layer in layers:
+        if count >= n:
+            break
+        out.append(layer)
+        count += len(layer)
+    return out
 
 
 def _target_and_protocol(exp: Experiment):

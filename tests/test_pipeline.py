@@ -100,3 +100,16 @@ def test_baselines_reused_only_with_the_same_recipe(tmp_path, capsys):
     assert "reused_from" not in other["shufflenet_v2_x0_5_cifar"]
     assert other["shufflenet_v2_x0_5_cifar"]["epochs"] == 2
     assert any("differs in train" in m for m in logs)
+
+
+def test_pick_fills_from_the_next_layers_when_the_front_is_short():
+    from nas.records import fronts
+    from nas.retrain import pick_candidates
+
+    # front: 0 (1 ms, 0.5) and 1 (2 ms, 0.6); layer 2: 2 and 3, each dominated by one of them; layer 3: 4
+    recs = [_rec(0, 0.5, 1.0), _rec(1, 0.6, 2.0), _rec(2, 0.45, 1.5), _rec(3, 0.55, 2.5), _rec(4, 0.4, 3.0)]
+    layers = fronts(recs, ["accuracy", "latency_ms"], 5)
+    assert [[r.number for r in layer] for layer in layers] == [[0, 1], [2, 3], [4]]
+    picks = pick_candidates(layers[0], 4, targets=(2.2,), more=layers[1:])
+    assert [r.number for r in picks] == [0, 2, 1, 3]  # the rival (1), the rest of the front, then layer 2
+    assert [r.number for r in pick_candidates(layers[0], 2, more=layers[1:])] == [0, 1]  # front enough
