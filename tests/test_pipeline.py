@@ -113,3 +113,18 @@ def test_pick_fills_from_the_next_layers_when_the_front_is_short():
     picks = pick_candidates(layers[0], 4, targets=(2.2,), more=layers[1:])
     assert [r.number for r in picks] == [0, 2, 1, 3]  # the rival (1), the rest of the front, then layer 2
     assert [r.number for r in pick_candidates(layers[0], 2, more=layers[1:])] == [0, 1]  # front enough
+
+
+def test_the_rival_is_chosen_by_validation_not_test_accuracy(tmp_path):
+    from nas.experiment import RetrainSpec
+    from nas.retrain import summarise
+
+    def row(name, kind, val, test):
+        return {"name": name, "kind": kind, "val_acc": val, "test_acc": test, "params": 1, "mflops": 1.0,
+                "train_seconds": 1.0}
+
+    rows = [row("a", "searched", 0.60, 0.55), row("b", "searched", 0.58, 0.57), row("base", "baseline", 0.5, 0.5)]
+    latency = {"a": {"median_ms": 1.0, "iqr_rel": 0.01}, "b": {"median_ms": 1.0, "iqr_rel": 0.01},
+               "base": {"median_ms": 2.0, "iqr_rel": 0.01}}
+    verdict = summarise(tmp_path, rows, latency, RetrainSpec())["comparison"][0]
+    assert verdict["best_searched"] == "a" and verdict["searched_test_acc"] == 0.55
