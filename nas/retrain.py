@@ -146,6 +146,9 @@ def _reuse_baselines(spec: RetrainSpec, recipe: dict, names: set[str], log=print
     from .search import run_experiment_file
 
     src = Path(spec.baselines_from)
+    if not (src / "experiment.json").is_file():
+        log(f"retrain: retrain.baselines_from {src} holds no run; the baselines are trained here")
+        return []
     theirs = run_experiment_file(src)
     their_spec = theirs.retrain or RetrainSpec()
     rows = []

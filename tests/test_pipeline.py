@@ -128,3 +128,13 @@ def test_the_rival_is_chosen_by_validation_not_test_accuracy(tmp_path):
                "base": {"median_ms": 2.0, "iqr_rel": 0.01}}
     verdict = summarise(tmp_path, rows, latency, RetrainSpec())["comparison"][0]
     assert verdict["best_searched"] == "a" and verdict["searched_test_acc"] == 0.55
+
+
+def test_missing_baselines_from_trains_them_here(tmp_path):
+    from nas.experiment import RetrainSpec
+    from nas.retrain import _reuse_baselines
+
+    logs = []
+    spec = RetrainSpec(baselines_from=str(tmp_path / "gone"))
+    assert _reuse_baselines(spec, {}, {"shufflenet_v2_x0_5_cifar"}, logs.append) == []
+    assert "holds no run; the baselines are trained here" in logs[0]
