@@ -151,6 +151,11 @@ class RetrainSpec(Frozen):
     #: training images drawn from the official training set (None = all of it)
     subset: Optional[int] = Field(None, ge=10)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    #: also retrain, for each baseline, the best-scored searched network (front or not) whose
+    #: latency lies within this fraction below the baseline's, e.g. 0.3: [0.7 t, t]. A low-fidelity
+    #: accuracy proxy can cut the front short of the baselines' latencies; this checks the
+    #: runner-ups there at full fidelity. None = off
+    rival_band: Optional[float] = Field(None, gt=0.0, lt=1.0)
     #: relative latency difference treated as a tie (the measured noise floor here is ~3%)
     latency_tolerance: float = Field(0.05, ge=0.0, lt=1.0)
     #: another run folder whose baselines are reused when they were trained with exactly this

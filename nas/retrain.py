@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from search_space import Architecture, build_model, presets, profile
 from search_space.io import atomic_write_json, atomic_write_text, read_jsonl
 
@@ -65,6 +67,28 @@ def pick_candidates(front: list[R.TrialRecord], n: int, latency: dict[int, float
     return sorted(chosen, key=lat)
 
 
+def near_baselines(records: list[R.TrialRecord], chosen: list[R.TrialRecord], targets: dict[str, float],
+                   band: float, scale: float = 1.0) -> list[R.TrialRecord]:
+    """For each baseline latency in ``targets``, the best-scored usable record (one per architecture)
+    whose latency, times ``scale`` (the search's estimate mapped to the device), lies in
+    ``[(1 - band) t, t]``, unless one already ``chosen`` lies there."""
+    pool, seen = [], set()
+    for r in sorted(records, key=lambda r: r.number):
+        if r.usable and r.arch_key not in seen:
+            seen.add(r.arch_key)
+            pool.append(r)
+    picked: list[R.TrialRecord] = []
+    for t in sorted(targets.values()):
+        lo = (1 - band) * t
+        if any(lo <= c.latency_ms * scale <= t for c in chosen + picked):
+            continue
+        inside = [r for r in pool if lo <= r.latency_ms * scale <= t and r not in picked]
+        best = max(inside, key=lambda r: r.accuracy, default=None)
+        if best is not None:
+            picked.append(best)
+    return picked
+
+
 def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, log=print) -> list[tuple[str, str, Architecture]]:
     """The searched members and the baselines; the pick is saved once (``candidates.json``),
     so a resumed run retrains the same models."""
@@ -73,12 +97,13 @@ def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, log=print) -> 
     baselines = [(name, "baseline", presets.get(name)) for name in spec.baselines]
     if saved.is_file():
         picked = json.loads(saved.read_text())
-        if picked.get("candidates", spec.candidates) == spec.candidates:
+        if (picked.get("candidates", spec.candidates), picked.get("rival_band")) == (spec.candidates, spec.rival_band):
             return [(m["name"], "searched", Architecture.from_dict(m["arch"])) for m in picked["searched"]] \
                 + baselines
-        log(f"retrain: retrain.candidates changed to {spec.candidates}; picking again "
+        log(f"retrain: retrain.candidates / rival_band changed; picking again "
             f"(models already trained are kept)")
-    layers = _layers(R.read_records(run_dir), exp.objectives, spec.candidates)
+    records = R.read_records(run_dir)
+    layers = _layers(records, exp.objectives, spec.candidates)
     if not layers:
         raise ExperimentError(f"{run_dir}: the run has no feasible completed trial to retrain")
     front, more = layers[0], layers[1:]
@@ -90,12 +115,22 @@ def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, log=print) -> 
     with MeasurementWorker(*_target_and_protocol(exp)) as worker:
         base_ms = {name: worker.latency(arch).median_ms for name, _, arch in baselines}
         searched_ms = {r.number: worker.latency(Architecture.from_dict(r.arch)).median_ms for r in members}
-    picks = pick_candidates(front, spec.candidates, searched_ms, tuple(base_ms.values()), more)
+        picks = pick_candidates(front, spec.candidates, searched_ms, tuple(base_ms.values()), more)
+        if spec.rival_band:
+            # the search's latencies (a LUT's, say) mapped to this device by the members just measured
+            scale = float(np.median([searched_ms[r.number] / r.latency_ms for r in members]))
+            extra = near_baselines(records, picks, base_ms, spec.rival_band, scale)
+            log(f"retrain: {len(extra)} more within {spec.rival_band:.0%} below a baseline's latency "
+                f"(search latency x {scale:.2f})")
+            for r in extra:
+                searched_ms[r.number] = worker.latency(Architecture.from_dict(r.arch)).median_ms
+            picks = sorted(picks + extra, key=lambda r: searched_ms[r.number])
     layer_of = {r.number: i + 1 for i, layer in enumerate(layers) for r in layer}
     searched = [{"name": f"trial{r.number}", "trial": r.number, "search_accuracy": r.accuracy,
                  "search_latency_ms": r.latency_ms, "measured_ms": searched_ms[r.number],
-                 "pareto_layer": layer_of[r.number], "arch": r.arch} for r in picks]
-    atomic_write_json(saved, {"candidates": spec.candidates, "searched": searched, "baselines_ms": base_ms,
+                 "pareto_layer": layer_of.get(r.number), "arch": r.arch} for r in picks]
+    atomic_write_json(saved, {"candidates": spec.candidates, "rival_band": spec.rival_band,
+                              "searched": searched, "baselines_ms": base_ms,
                               "searched_ms": {str(k): v for k, v in searched_ms.items()}})
     return [(m["name"], "searched", Architecture.from_dict(m["arch"])) for m in searched] + baselines
 

@@ -14,14 +14,14 @@ def test_run_searches_retrains_and_resumes(tmp_path, capsys):
     path = tiny_experiment(tmp_path, trials=4)
     exp = yaml.safe_load(path.read_text())
     exp["retrain"] = {"baselines": ["shufflenet_v2_x0_5_cifar"], "candidates": 2, "subset": 300,
-                      "train": {"epochs": 1, "batch_size": 32}}
+                      "train": {"epochs": 1, "batch_size": 32}, "rival_band": 0.9}
     path.write_text(yaml.safe_dump(exp))
     assert main(["run", str(path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     out = tmp_path / "run" / "retrain"
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     kinds = sorted(r["kind"] for r in rows)
-    assert kinds.count("baseline") == 1 and 1 <= kinds.count("searched") <= 2
+    assert kinds.count("baseline") == 1 and 1 <= kinds.count("searched") <= 3  # 2 + at most 1 in the band
     for r in rows:
         assert 0.0 <= r["test_acc"] <= 1.0 and r["train_images"] == 270  # same split for every model
     assert {m["name"] for m in summary["retrain"]["models"]} == {r["name"] for r in rows}
@@ -138,3 +138,15 @@ def test_missing_baselines_from_trains_them_here(tmp_path):
     spec = RetrainSpec(baselines_from=str(tmp_path / "gone"))
     assert _reuse_baselines(spec, {}, {"shufflenet_v2_x0_5_cifar"}, logs.append) == []
     assert "holds no run; the baselines are trained here" in logs[0]
+
+
+def test_rival_band_adds_the_best_scored_network_just_under_each_baseline():
+    from nas.retrain import near_baselines
+
+    recs = [_rec(0, 0.60, 0.5), _rec(1, 0.40, 1.6), _rec(2, 0.45, 1.8), _rec(3, 0.30, 2.9), _rec(4, 0.50, 5.0)]
+    front = [recs[0]]
+    # baselines at 2.0 and 3.0 ms (device); the search's latencies read 1/2 of the device's
+    extra = near_baselines(recs, front, {"b1": 4.0, "b2": 6.0}, band=0.3, scale=2.0)
+    # b1: band [2.8, 4.0] device = [1.4, 2.0] search -> 1 and 2, best scored 2; b2: [4.2, 6.0] -> [2.1, 3.0] -> 3
+    assert [r.number for r in extra] == [2, 3]
+    assert near_baselines(recs, front + [recs[2]], {"b1": 4.0}, band=0.3, scale=2.0) == []  # one is there
