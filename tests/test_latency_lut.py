@@ -124,32 +124,38 @@ def test_cli_lut(tiny_lut, tiny_space_file, capsys, tmp_path):
 
 
 def test_entries_are_scaled_to_the_tables_nominal_speed(tiny_lut, tiny_space):
-    """An entry measured while the reference ran 2x slower counts half: predictions stay at the
-    table's nominal speed whatever the machine did during the build."""
+    """An entry measured while the reference read 2x the table's unit counts half: predictions
+    stay at the machine's typical speed whatever it did during the build."""
     _, lut = tiny_lut
     arch = tiny_space.sample(seed=4)
     before = lut.breakdown(arch)
-    slow = LatencyLUT(lut.target, {k: {**e, "speed": 2.0} for k, e in lut.entries.items()}, lut.overhead)
+    slow = LatencyLUT(lut.target, {k: {**e, "ref_ms": 2.0} for k, e in lut.entries.items()}, lut.overhead,
+                      meta={"reference_ms": 1.0})
     assert slow.breakdown(arch) == pytest.approx({p: v / 2 for p, v in before.items()})
 
 
 def test_build_tags_speed_and_validation_corrects_for_it(tmp_path, tiny_space):
+    import numpy as np
+
     protocol = FAST.model_copy(update={"reference_every": 5})
-    lut = LatencyLUT.build(tiny_space, LatencyTarget(), protocol, progress=False, path=tmp_path / "l.json",
-                           calibration=3)
-    ref = lut.meta["reference_ms"]
-    assert ref > 0 and all(e["speed"] > 0 for e in lut.entries.values())
-    data = json.loads((tmp_path / "l.json").read_text())
-    data["entries"] = dict(list(data["entries"].items())[:5])
-    data["meta"]["complete"] = False
-    (tmp_path / "l.json").write_text(json.dumps(data))
-    resumed = LatencyLUT.build(tiny_space, LatencyTarget(), protocol, progress=False, path=tmp_path / "l.json",
-                               calibration=3)
-    assert resumed.meta["reference_ms"] == ref  # the killed session's unit, kept for the new entries
-    assert all(c["speed"] > 0 for c in lut.overhead["calibration"])
+    path = tmp_path / "l.json"
+    lut = LatencyLUT.build(tiny_space, LatencyTarget(), protocol, progress=False, path=path, calibration=3)
+    refs = [e["ref_ms"] for e in lut.entries.values()] + [c["ref_ms"] for c in lut.overhead["calibration"]]
+    assert all(r > 0 for r in refs) and lut.meta["reference_ms"] == pytest.approx(float(np.median(refs)))
     archs = held_out_sample(lut, tiny_space, 10, seed=5)
     rep = validate_lut(lut, archs)  # 10 networks: a reference before each and one after
-    assert len([r for r in rep["rows"] if r["speed"]]) == 10 and rep["speed"]["table_reference_ms"] == ref
+    assert len([r for r in rep["rows"] if r["speed"]]) == 10
+    assert rep["speed"]["table_reference_ms"] == lut.meta["reference_ms"]
     sc = rep["speed_corrected"]
     corrected = [r["measured_ms"] / r["speed"] for r in rep["rows"]]
     assert sc["mape"] == pytest.approx(error_metrics([r["predicted_ms"] for r in rep["rows"]], corrected)["mape"])
+    # a killed build resumes: the old entries keep their readings, the unit is the median of all of them
+    data = json.loads(path.read_text())
+    data["entries"] = dict(list(data["entries"].items())[:5])
+    data["meta"]["complete"] = False
+    path.write_text(json.dumps(data))
+    resumed = LatencyLUT.build(tiny_space, LatencyTarget(), protocol, progress=False, path=path, calibration=3)
+    assert all(resumed.entries[k]["ref_ms"] == e["ref_ms"] for k, e in data["entries"].items()
+               if not e["flagged"])  # (flagged ones are measured once more at the end of a build)
+    refs = [e["ref_ms"] for e in resumed.entries.values()] + [c["ref_ms"] for c in resumed.overhead["calibration"]]
+    assert resumed.meta["reference_ms"] == pytest.approx(float(np.median(refs)))

@@ -14,10 +14,12 @@ same session.
 The machine's speed is not constant (a shared host: the reference network
 was seen 1.1-2.2x slower for minutes at a time, NOTES.md), so the build
 re-measures a reference network every ``protocol.reference_every`` blocks and
-stores with each entry the reference's ratio to its first measurement
-(``speed``); entries and calibration networks are scaled back to the table's
-nominal speed. Predictions are therefore at that speed, the same for every
-candidate of a search whatever the machine did meanwhile.
+stores with each entry the latest reference reading (``ref_ms``). The
+table's unit is the median of those readings (``meta["reference_ms"]``, set
+when the build completes): an entry measured while the reference read 2x
+that median counts half. Predictions are therefore at the machine's typical
+speed, the same for every candidate of a search whatever the machine did
+meanwhile.
 
 The table is JSON, tagged with the target, library versions and processor,
 and written atomically while it is built, so a killed build resumes where it
@@ -131,8 +133,7 @@ class LatencyLUT:
             old = cls.load(path, target=target)
             lut.entries = {k: v for k, v in old.entries.items() if k in blocks}
             lut.overhead = old.overhead
-            # reference_ms: entries of the earlier session are scaled to its reference; so are the new ones
-            lut.meta.update({k: v for k, v in old.meta.items() if k.startswith("build_") or k == "reference_ms"})
+            lut.meta.update({k: v for k, v in old.meta.items() if k.startswith("build_")})
         lut.path = Path(path) if path is not None else None
         todo = [k for k in blocks if k not in lut.entries]
         calib_archs = sp.sample(calibration, seed=seed) if calibration else []
@@ -164,7 +165,9 @@ class LatencyLUT:
                     continue
                 r = w.latency(arch)
                 calib.append({"arch": arch.to_dict(), "measured_ms": r.median_ms, "iqr_rel": r.iqr_rel,
-                              "flagged": r.flagged, "speed": lut.speed(w)})
+                              "flagged": r.flagged, "ref_ms": lut.reference_now(w)})
+            lut.overhead = {**lut.overhead, "calibration": calib}
+            lut._set_unit()
             lut.overhead = {**fit_overhead(lut, calib), "calibration": calib}
             if protocol.reference_every:
                 w.reference()  # closing check, so drift spans the whole build
@@ -176,18 +179,26 @@ class LatencyLUT:
         return lut
 
     # ---- the machine's speed ------------------------------------------------------------
-    def speed(self, worker: MeasurementWorker) -> float:
-        """How slow the machine is now against when this table started: the worker's latest
-        reference measurement over the table's first one (``meta["reference_ms"]``, kept across
-        resumed builds). 1.0 when the protocol measures no reference."""
-        if not worker.references:
-            return 1.0
-        now = worker.references[-1]["median_ms"]
-        self.meta.setdefault("reference_ms", now)
-        return now / self.meta["reference_ms"]
+    @staticmethod
+    def reference_now(worker: MeasurementWorker) -> float | None:
+        """The worker's latest reference reading (ms), None when the protocol measures none."""
+        return worker.references[-1]["median_ms"] if worker.references else None
 
     def _speed_tagged(self, entry: dict, worker: MeasurementWorker) -> dict:
-        return {**entry, "speed": round(self.speed(worker), 4)}
+        ref = self.reference_now(worker)
+        return entry if ref is None else {**entry, "ref_ms": ref}
+
+    def _set_unit(self) -> None:
+        """The table's unit: the median reference reading over its entries and calibration networks."""
+        refs = [e["ref_ms"] for e in self.entries.values() if e.get("ref_ms")]
+        refs += [c["ref_ms"] for c in self.overhead.get("calibration", []) if c.get("ref_ms")]
+        if refs:
+            self.meta["reference_ms"] = float(np.median(refs))
+
+    def speed_of(self, item: dict) -> float:
+        """How much slower than the table's unit the machine was when ``item`` was measured."""
+        ref, unit = item.get("ref_ms"), self.meta.get("reference_ms")
+        return ref / unit if ref and unit else 1.0
 
     # ---- persistence --------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -240,7 +251,8 @@ class LatencyLUT:
                 raise LUTMissingError(f"lookup table has no entry for block {b.key()} ({path}){more}; build a "
                                       f"table for a space that contains it, or use fallback='measure'")
             self._measure_missing([b for _, b in missing])
-        return {path: (b.key(), _nominal(self.entries[b.key()])) for path, b in blocks}
+        return {path: (b.key(), self.entries[b.key()]["median_ms"] / self.speed_of(self.entries[b.key()]))
+                for path, b in blocks}
 
     def breakdown(self, arch: Architecture) -> dict[str, float]:
         """Isolated latency (ms) of every block, by module path (before the network correction)."""
@@ -303,12 +315,6 @@ def _entry(raw: dict) -> dict:
     return {k: raw[k] for k in ENTRY_FIELDS}
 
 
-def _nominal(entry: dict) -> float:
-    """An entry's median at the table's nominal speed (entries measured while the machine ran
-    slower than at the table's start are scaled back by the reference ratio then)."""
-    return entry["median_ms"] / entry.get("speed", 1.0)
-
-
 def fit_overhead(lut: LatencyLUT, calibration: list[dict]) -> dict:
     """Fit ``measured ~ a * block_sum + c * n_blocks + b`` on the calibration networks, robustly.
 
@@ -324,7 +330,7 @@ def fit_overhead(lut: LatencyLUT, calibration: list[dict]) -> dict:
     rows = []
     for c in calibration:
         ms = lut.block_ms(Architecture.from_dict(c["arch"]))
-        rows.append((sum(v for _, v in ms.values()), len(ms), c["measured_ms"] / c.get("speed", 1.0)))
+        rows.append((sum(v for _, v in ms.values()), len(ms), c["measured_ms"] / lut.speed_of(c)))
     if not rows:
         return {"a": 1.0, "c_ms": 0.0, "b_ms": 0.0, "fit": "none"}
     s, n, y = (np.array(col, dtype=float) for col in zip(*rows))

@@ -53,7 +53,7 @@ def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: Measureme
     ``MIN_FOR_DRIFT`` or more architectures the reference preset is measured before every
     network and once at the end; the metrics are reported twice: against the raw measurements,
     and ``speed_corrected`` -- each measurement divided by the machine's speed around it (the
-    mean of the references before and after, over the table's first reference), which is the
+    mean of the references before and after, over the table's unit reference), which is the
     table's error at the speed it predicts for, separated from the host's drift.
     ``same_machine`` tells whether this machine matches the table's processor and library versions.
     """
