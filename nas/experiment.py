@@ -156,6 +156,9 @@ class RetrainSpec(Frozen):
     #: accuracy proxy can cut the front short of the baselines' latencies; this checks the
     #: runner-ups there at full fidelity. None = off
     rival_band: Optional[float] = Field(None, gt=0.0, lt=1.0)
+    #: how many networks per baseline the band holds at most: the best-scored ones (a proxy that
+    #: ranks near-equal networks poorly leaves the final choice to the full-fidelity training)
+    rivals: int = Field(1, ge=1, le=20)
     #: relative latency difference treated as a tie (the measured noise floor here is ~3%)
     latency_tolerance: float = Field(0.05, ge=0.0, lt=1.0)
     #: another run folder whose baselines are reused when they were trained with exactly this

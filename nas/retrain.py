@@ -68,10 +68,10 @@ def pick_candidates(front: list[R.TrialRecord], n: int, latency: dict[int, float
 
 
 def near_baselines(records: list[R.TrialRecord], chosen: list[R.TrialRecord], targets: dict[str, float],
-                   band: float, scale: float = 1.0) -> list[R.TrialRecord]:
-    """For each baseline latency in ``targets``, the best-scored usable record (one per architecture)
-    whose latency, times ``scale`` (the search's estimate mapped to the device), lies in
-    ``[(1 - band) t, t]``, unless one already ``chosen`` lies there."""
+                   band: float, scale: float = 1.0, k: int = 1) -> list[R.TrialRecord]:
+    """For each baseline latency in ``targets``, the ``k`` best-scored usable records (one per
+    architecture) whose latency, times ``scale`` (the search's estimate mapped to the device), lies in
+    ``[(1 - band) t, t]``; those already ``chosen`` (or picked for another baseline) count towards ``k``."""
     pool, seen = [], set()
     for r in sorted(records, key=lambda r: r.number):
         if r.usable and r.arch_key not in seen:
@@ -80,12 +80,9 @@ def near_baselines(records: list[R.TrialRecord], chosen: list[R.TrialRecord], ta
     picked: list[R.TrialRecord] = []
     for t in sorted(targets.values()):
         lo = (1 - band) * t
-        if any(lo <= c.latency_ms * scale <= t for c in chosen + picked):
-            continue
-        inside = [r for r in pool if lo <= r.latency_ms * scale <= t and r not in picked]
-        best = max(inside, key=lambda r: r.accuracy, default=None)
-        if best is not None:
-            picked.append(best)
+        there = {c.arch_key for c in chosen + picked if lo <= c.latency_ms * scale <= t}
+        inside = [r for r in pool if lo <= r.latency_ms * scale <= t and r.arch_key not in there]
+        picked += sorted(inside, key=lambda r: r.accuracy, reverse=True)[:max(0, k - len(there))]
     return picked
 
 
@@ -97,10 +94,11 @@ def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, log=print) -> 
     baselines = [(name, "baseline", presets.get(name)) for name in spec.baselines]
     if saved.is_file():
         picked = json.loads(saved.read_text())
-        if (picked.get("candidates", spec.candidates), picked.get("rival_band")) == (spec.candidates, spec.rival_band):
+        if (picked.get("candidates", spec.candidates), picked.get("rival_band"), picked.get("rivals", 1)) \
+                == (spec.candidates, spec.rival_band, spec.rivals):
             return [(m["name"], "searched", Architecture.from_dict(m["arch"])) for m in picked["searched"]] \
                 + baselines
-        log(f"retrain: retrain.candidates / rival_band changed; picking again "
+        log(f"retrain: retrain.candidates / rival_band / rivals changed; picking again "
             f"(models already trained are kept)")
     records = R.read_records(run_dir)
     layers = _layers(records, exp.objectives, spec.candidates)
@@ -119,8 +117,9 @@ def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, log=print) -> 
         if spec.rival_band:
             # the search's latencies (a LUT's, say) mapped to this device by the members just measured
             scale = float(np.median([searched_ms[r.number] / r.latency_ms for r in members]))
-            extra = near_baselines(records, picks, base_ms, spec.rival_band, scale)
-            log(f"retrain: {len(extra)} more within {spec.rival_band:.0%} below a baseline's latency "
+            extra = near_baselines(records, picks, base_ms, spec.rival_band, scale, spec.rivals)
+            log(f"retrain: {len(extra)} more (up to {spec.rivals} per baseline) within {spec.rival_band:.0%} "
+                f"below a baseline's latency "
                 f"(search latency x {scale:.2f})")
             for r in extra:
                 searched_ms[r.number] = worker.latency(Architecture.from_dict(r.arch)).median_ms
@@ -129,7 +128,7 @@ def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, log=print) -> 
     searched = [{"name": f"trial{r.number}", "trial": r.number, "search_accuracy": r.accuracy,
                  "search_latency_ms": r.latency_ms, "measured_ms": searched_ms[r.number],
                  "pareto_layer": layer_of.get(r.number), "arch": r.arch} for r in picks]
-    atomic_write_json(saved, {"candidates": spec.candidates, "rival_band": spec.rival_band,
+    atomic_write_json(saved, {"candidates": spec.candidates, "rival_band": spec.rival_band, "rivals": spec.rivals,
                               "searched": searched, "baselines_ms": base_ms,
                               "searched_ms": {str(k): v for k, v in searched_ms.items()}})
     return [(m["name"], "searched", Architecture.from_dict(m["arch"])) for m in searched] + baselines

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
+import pytest
 import yaml
 
 from shufflenas.cli import main
 from test_search_common import tiny_experiment
 
 
-def test_run_searches_retrains_and_resumes(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One tiny ``shufflenas run`` (search + retrain), shared by the tests that read or copy it."""
+    tmp_path = tmp_path_factory.mktemp("pipeline")
     path = tiny_experiment(tmp_path, trials=4)
     exp = yaml.safe_load(path.read_text())
     exp["retrain"] = {"baselines": ["shufflenet_v2_x0_5_cifar"], "candidates": 2, "subset": 300,
                       "train": {"epochs": 1, "batch_size": 32}, "rival_band": 0.9}
     path.write_text(yaml.safe_dump(exp))
-    assert main(["run", str(path), "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["run", str(path), "--json"]) == 0
+    return tmp_path, path, exp, json.loads(buf.getvalue())
+
+
+def test_run_searches_retrains_and_resumes(finished_run, capsys):
+    tmp_path, path, _, summary = finished_run
     out = tmp_path / "run" / "retrain"
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     kinds = sorted(r["kind"] for r in rows)
@@ -59,7 +71,7 @@ def test_pick_matches_each_baseline_then_spreads():
     assert [r.number for r in pick_candidates(front, 3)] == [0, 4, 7]  # no targets: spread evenly
 
 
-def test_baselines_reused_only_with_the_same_recipe(tmp_path, capsys):
+def test_baselines_reused_only_with_the_same_recipe(finished_run, tmp_path):
     """retrain.baselines_from copies another run's baselines when dataset, split, seed and
     training settings are identical, and trains them again when anything differs."""
     import shutil
@@ -67,24 +79,18 @@ def test_baselines_reused_only_with_the_same_recipe(tmp_path, capsys):
     from nas.experiment import load_experiment
     from nas.retrain import retrain
 
-    path = tiny_experiment(tmp_path, trials=3)
-    raw = yaml.safe_load(path.read_text())
-    raw["retrain"] = {"baselines": ["shufflenet_v2_x0_5_cifar"], "candidates": 1, "subset": 300,
-                      "train": {"epochs": 1, "batch_size": 32}}
-    path.write_text(yaml.safe_dump(raw))
-    assert main(["run", str(path), "--json"]) == 0
-    capsys.readouterr()
-    first = tmp_path / "run"
+    run_root, _, raw, _ = finished_run
+    first = run_root / "run"
     base_row = next(r for r in map(json.loads, (first / "retrain" / "results.jsonl").read_text().splitlines())
                     if r["kind"] == "baseline")
 
     def second_run(name, **train):
         run2 = tmp_path / name
         shutil.copytree(first, run2, ignore=shutil.ignore_patterns("retrain"))
-        raw2 = {**raw, "output": str(run2),
-                "retrain": {**raw["retrain"], "baselines_from": "run", "train": {**raw["retrain"]["train"], **train}}}
+        retrain_spec = {**raw["retrain"], "candidates": 1, "rival_band": None, "baselines_from": str(first),
+                        "train": {**raw["retrain"]["train"], **train}}
         p2 = tmp_path / f"{name}.yaml"
-        p2.write_text(yaml.safe_dump(raw2))
+        p2.write_text(yaml.safe_dump({**raw, "output": str(run2), "retrain": retrain_spec}))
         logs = []
         summary = retrain(run2, load_experiment(p2), load_experiment(p2).retrain, log=logs.append)
         return {m["name"]: m for m in summary["models"]}, logs
@@ -150,3 +156,6 @@ def test_rival_band_adds_the_best_scored_network_just_under_each_baseline():
     # b1: band [2.8, 4.0] device = [1.4, 2.0] search -> 1 and 2, best scored 2; b2: [4.2, 6.0] -> [2.1, 3.0] -> 3
     assert [r.number for r in extra] == [2, 3]
     assert near_baselines(recs, front + [recs[2]], {"b1": 4.0}, band=0.3, scale=2.0) == []  # one is there
+    # k=2: the two best in b1's band; one already chosen there counts towards the two
+    assert [r.number for r in near_baselines(recs, front, {"b1": 4.0}, band=0.3, scale=2.0, k=2)] == [2, 1]
+    assert [r.number for r in near_baselines(recs, front + [recs[2]], {"b1": 4.0}, band=0.3, scale=2.0, k=2)] == [1]
