@@ -38,13 +38,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--calibration", type=int, default=30)
     ap.add_argument("--rebuild", action="store_true", help="measure the table again from scratch")
+    ap.add_argument("--unpaired", action="store_true",
+                    help="time blocks and networks alone, not in turns with the reference (the pre-issue-#3 protocol)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: per-run CPU time of the worker thread, a load-robust proxy (not latency)")
     args = ap.parse_args(argv)
 
     space = load_space(args.space)
     target = LatencyTarget(threads=args.threads)
-    tag = space.name + ("_cpuclock" if args.clock == "cpu" else "")
+    tag = space.name + ("_cpuclock" if args.clock == "cpu" else "") + ("_unpaired" if args.unpaired else "")
     lut_path = RESULTS / f"lut_{tag}.json"
     if args.rebuild and lut_path.exists():
         lut_path.unlink()
@@ -52,7 +54,8 @@ def main(argv=None) -> int:
     reuse = lut_path.exists() and json.loads(lut_path.read_text()).get("meta", {}).get("complete")
     t0 = time.time()
     lut = (LatencyLUT.load(lut_path, target=target) if reuse else
-           LatencyLUT.build(space, target, MeasurementProtocol.quick(clock=args.clock), progress=True, path=lut_path,
+           LatencyLUT.build(space, target, MeasurementProtocol.quick(clock=args.clock, paired=not args.unpaired),
+                            progress=True, path=lut_path,
                             calibration=args.calibration))
     build_s = time.time() - t0
     if reuse:
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
         lut.save(lut_path)
     archs = held_out_sample(lut, space, args.samples, seed=args.seed)
     t0 = time.time()
-    rep = validate_lut(lut, archs)  # the table's own protocol and clock, a reference before every network
+    rep = validate_lut(lut, archs)  # the table's own protocol and clock (paired: timed in turns with the reference)
     sc = rep.get("speed_corrected")
     o = lut.overhead
     lines = [
@@ -87,7 +90,9 @@ def main(argv=None) -> int:
         f"{'flagged':<16}{rep['flagged']:>10d}   measurements whose spread stayed above threshold",
         f"{'drift':<16}{rep['drift'].get('worst_ratio', 1.0):>10.3f}   worst reference ratio during validation",
         f"{'speed':<16}{_speed(rep):>10}   the machine's speed during validation over the table's (reference "
-        f"{ANCHOR_REF} before every network); speed-corr. divides each measurement by it",
+        + (f"{ANCHOR_REF} timed in turns with each network, {lut.protocol.pair_turn} runs each); speed-corr. = "
+           f"each network's median ratio to it x the table's unit" if lut.protocol.paired else
+           f"{ANCHOR_REF} before every network); speed-corr. divides each measurement by it"),
         f"{'CPU share':<16}{rep.get('cpu_share_median') or float('nan'):>10.2f}   median share of wall time the "
         f"worker ran (1.0 = had a core to itself)",
         "",

@@ -125,36 +125,40 @@ def test_cli_lut(tiny_lut, tiny_space_file, capsys, tmp_path):
 
 def test_entries_are_scaled_to_the_tables_nominal_speed(tiny_lut, tiny_space):
     """An entry measured while the reference read 2x the table's unit counts half: predictions
-    stay at the machine's typical speed whatever it did during the build."""
+    stay at the machine's typical speed whatever it did during the build. An entry timed in turns
+    with the reference (paired) counts its ratio to the reference times the unit."""
     _, lut = tiny_lut
     arch = tiny_space.sample(seed=4)
-    before = lut.breakdown(arch)
-    slow = LatencyLUT(lut.target, {k: {**e, "ref_ms": 2.0} for k, e in lut.entries.items()}, lut.overhead,
+    assert lut.protocol.paired and all(e["ratio"] > 0 and e["ref_ms"] > 0 for e in lut.entries.values())
+    unpaired = {k: {**{f: v for f, v in e.items() if f != "ratio"}, "ref_ms": 1.0} for k, e in lut.entries.items()}
+    before = LatencyLUT(lut.target, unpaired, lut.overhead, meta={"reference_ms": 1.0}).breakdown(arch)
+    slow = LatencyLUT(lut.target, {k: {**e, "ref_ms": 2.0} for k, e in unpaired.items()}, lut.overhead,
                       meta={"reference_ms": 1.0})
     assert slow.breakdown(arch) == pytest.approx({p: v / 2 for p, v in before.items()})
+    unit = lut.meta["reference_ms"]
+    assert lut.nominal_ms({"ratio": 0.25, "ref_ms": 4 * unit}, 9.0) == pytest.approx(0.25 * unit)
 
 
-def test_build_tags_speed_and_validation_corrects_for_it(tmp_path, tiny_space):
+def test_build_tags_speed_and_validation_corrects_for_it(tiny_lut, tmp_path, tiny_space):
     import numpy as np
 
-    protocol = FAST.model_copy(update={"reference_every": 5})
-    path = tmp_path / "l.json"
-    lut = LatencyLUT.build(tiny_space, LatencyTarget(), protocol, progress=False, path=path, calibration=3)
+    built, lut = tiny_lut
     refs = [e["ref_ms"] for e in lut.entries.values()] + [c["ref_ms"] for c in lut.overhead["calibration"]]
     assert all(r > 0 for r in refs) and lut.meta["reference_ms"] == pytest.approx(float(np.median(refs)))
-    archs = held_out_sample(lut, tiny_space, 10, seed=5)
-    rep = validate_lut(lut, archs)  # 10 networks: a reference before each and one after
-    assert len([r for r in rep["rows"] if r["speed"]]) == 10
+    archs = held_out_sample(lut, tiny_space, 5, seed=5)
+    rep = validate_lut(lut, archs)  # paired: each network timed in turns with the reference
+    assert len([r for r in rep["rows"] if r["speed"] and r["nominal_ms"]]) == 5
     assert rep["speed"]["table_reference_ms"] == lut.meta["reference_ms"]
     sc = rep["speed_corrected"]
-    corrected = [r["measured_ms"] / r["speed"] for r in rep["rows"]]
+    corrected = [r["nominal_ms"] for r in rep["rows"]]
     assert sc["mape"] == pytest.approx(error_metrics([r["predicted_ms"] for r in rep["rows"]], corrected)["mape"])
     # a killed build resumes: the old entries keep their readings, the unit is the median of all of them
-    data = json.loads(path.read_text())
-    data["entries"] = dict(list(data["entries"].items())[:5])
+    data = json.loads(built.read_text())
+    data["entries"] = dict(list(data["entries"].items())[:-3])
     data["meta"]["complete"] = False
+    path = tmp_path / "l.json"
     path.write_text(json.dumps(data))
-    resumed = LatencyLUT.build(tiny_space, LatencyTarget(), protocol, progress=False, path=path, calibration=3)
+    resumed = LatencyLUT.build(tiny_space, LatencyTarget(), lut.protocol, progress=False, path=path, calibration=6)
     assert all(resumed.entries[k]["ref_ms"] == e["ref_ms"] for k, e in data["entries"].items()
                if not e["flagged"])  # (flagged ones are measured once more at the end of a build)
     refs = [e["ref_ms"] for e in resumed.entries.values()] + [c["ref_ms"] for c in resumed.overhead["calibration"]]

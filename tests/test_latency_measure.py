@@ -51,6 +51,26 @@ def test_noisy_measurement_is_repeated_and_flagged():
     assert steady["attempts"] == 1 and not steady["flagged"] and steady["median_ms"] == 2.0
 
 
+def test_paired_timing_cancels_a_host_slowdown():
+    """The host slows down 1.5x halfway: raw medians move, the per-turn ratio to the reference does not."""
+    speed = itertools.chain([1.0] * 200, itertools.repeat(1.5))
+    now = {"s": 1.0}
+
+    def model():
+        now["s"] = next(speed)
+        return 2.0 * now["s"]
+
+    def ref():
+        return 0.5 * now["s"]
+
+    protocol = MeasurementProtocol(warmup_runs=0, warmup_seconds=0, min_runs=400, min_seconds=0, max_runs=400,
+                                   spread_threshold=1.0, paired=True, pair_turn=4, lock=False)
+    out = measure_timed(model, protocol, timed_ref=ref)
+    assert out["ratio"] == pytest.approx(4.0) and out["ratio_iqr_rel"] == pytest.approx(0.0)
+    assert out["runs"] == 400 and out["turns"] == 100 and 0.5 <= out["ref_ms"] <= 0.75
+    assert out["iqr_rel"] > 0.2  # the raw model times saw the slowdown
+
+
 def test_device_lock_serialises_holders():
     spans = []
 

@@ -47,6 +47,7 @@ from .worker import MeasurementWorker
 
 LUT_FORMAT = "shufflenas-latency-lut/1"
 ENTRY_FIELDS = ("median_ms", "p90_ms", "iqr_rel", "runs", "attempts", "flagged")
+PAIRED_FIELDS = ("ref_ms", "ratio")
 SAVE_EVERY_S = 2.0
 
 
@@ -137,6 +138,7 @@ class LatencyLUT:
         lut.path = Path(path) if path is not None else None
         todo = [k for k in blocks if k not in lut.entries]
         calib_archs = sp.sample(calibration, seed=seed) if calibration else []
+        ref_size = target.input_size or sp.spec.input_size  # paired timing: the reference at the networks' size
         t_start = time.time()
         with MeasurementWorker(target, protocol) as w:
             lut.machine = w.machine
@@ -145,14 +147,14 @@ class LatencyLUT:
                        unit="block", disable=not progress, dynamic_ncols=True)
             with bar:
                 for key in todo:
-                    lut.entries[key] = lut._speed_tagged(_entry(w.block_latency(blocks[key])), w)
+                    lut.entries[key] = lut._speed_tagged(_entry(w.block_latency(blocks[key], ref_size)), w)
                     bar.update()
                     if lut.path and time.monotonic() - last_save > SAVE_EVERY_S:
                         lut.save(lut.path)
                         last_save = time.monotonic()
             # One more pass for blocks whose spread never settled: keep the steadier measurement.
             for key in [k for k, e in lut.entries.items() if e.get("flagged")]:
-                again = lut._speed_tagged(_entry(w.block_latency(blocks[key])), w)
+                again = lut._speed_tagged(_entry(w.block_latency(blocks[key], ref_size)), w)
                 if again["iqr_rel"] < lut.entries[key]["iqr_rel"]:
                     lut.entries[key] = again
             if lut.path:
@@ -165,7 +167,8 @@ class LatencyLUT:
                     continue
                 r = w.latency(arch)
                 calib.append({"arch": arch.to_dict(), "measured_ms": r.median_ms, "iqr_rel": r.iqr_rel,
-                              "flagged": r.flagged, "ref_ms": lut.reference_now(w)})
+                              "flagged": r.flagged, "ref_ms": r.extra.get("ref_ms") or lut.reference_now(w),
+                              **({"ratio": r.extra["ratio"]} if "ratio" in r.extra else {})})
             lut.overhead = {**lut.overhead, "calibration": calib}
             lut._set_unit()
             lut.overhead = {**fit_overhead(lut, calib), "calibration": calib}
@@ -185,8 +188,9 @@ class LatencyLUT:
         return worker.references[-1]["median_ms"] if worker.references else None
 
     def _speed_tagged(self, entry: dict, worker: MeasurementWorker) -> dict:
+        """The entry with the reference reading of its moment: its own paired one, else the latest."""
         ref = self.reference_now(worker)
-        return entry if ref is None else {**entry, "ref_ms": ref}
+        return entry if ref is None or entry.get("ref_ms") else {**entry, "ref_ms": ref}
 
     def _set_unit(self) -> None:
         """The table's unit: the median reference reading over its entries and calibration networks."""
@@ -199,6 +203,14 @@ class LatencyLUT:
         """How much slower than the table's unit the machine was when ``item`` was measured."""
         ref, unit = item.get("ref_ms"), self.meta.get("reference_ms")
         return ref / unit if ref and unit else 1.0
+
+    def nominal_ms(self, item: dict, ms: float) -> float:
+        """``ms`` measured for ``item`` (an entry or a calibration network), at the table's unit speed:
+        its paired ratio times the unit when it has one, else ``ms`` over the speed of its moment."""
+        unit = self.meta.get("reference_ms")
+        if item.get("ratio") and unit:
+            return item["ratio"] * unit
+        return ms / self.speed_of(item)
 
     # ---- persistence --------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -251,7 +263,7 @@ class LatencyLUT:
                 raise LUTMissingError(f"lookup table has no entry for block {b.key()} ({path}){more}; build a "
                                       f"table for a space that contains it, or use fallback='measure'")
             self._measure_missing([b for _, b in missing])
-        return {path: (b.key(), self.entries[b.key()]["median_ms"] / self.speed_of(self.entries[b.key()]))
+        return {path: (b.key(), self.nominal_ms(self.entries[b.key()], self.entries[b.key()]["median_ms"]))
                 for path, b in blocks}
 
     def breakdown(self, arch: Architecture) -> dict[str, float]:
@@ -282,7 +294,8 @@ class LatencyLUT:
             self._worker = MeasurementWorker(self.target, self.protocol).start()
         for b in blocks:
             if b.key() not in self.entries:
-                self.entries[b.key()] = {**self._speed_tagged(_entry(self._worker.block_latency(b)), self._worker),
+                self.entries[b.key()] = {**self._speed_tagged(_entry(self._worker.block_latency(
+                    b, self.target.input_size or (self.space or {}).get("input_size"))), self._worker),
                                          "fallback": True}
         if self.path:
             self.save(self.path)
@@ -312,7 +325,8 @@ class LatencyLUT:
 
 
 def _entry(raw: dict) -> dict:
-    return {k: raw[k] for k in ENTRY_FIELDS}
+    """What a table keeps of one block's timing; with paired timing also ``ref_ms`` and ``ratio``."""
+    return {k: raw[k] for k in ENTRY_FIELDS + PAIRED_FIELDS if k in raw}
 
 
 def fit_overhead(lut: LatencyLUT, calibration: list[dict]) -> dict:
@@ -330,7 +344,7 @@ def fit_overhead(lut: LatencyLUT, calibration: list[dict]) -> dict:
     rows = []
     for c in calibration:
         ms = lut.block_ms(Architecture.from_dict(c["arch"]))
-        rows.append((sum(v for _, v in ms.values()), len(ms), c["measured_ms"] / lut.speed_of(c)))
+        rows.append((sum(v for _, v in ms.values()), len(ms), lut.nominal_ms(c, c["measured_ms"])))
     if not rows:
         return {"a": 1.0, "c_ms": 0.0, "b_ms": 0.0, "fit": "none"}
     s, n, y = (np.array(col, dtype=float) for col in zip(*rows))

@@ -111,6 +111,13 @@ class MeasurementProtocol(Frozen):
     #: pin the worker process to the last ``threads`` CPUs it may run on, so the scheduler never
     #: migrates it between cores mid-measurement (CPU targets only)
     pin: bool = True
+    #: interleave the measured model with the reference preset (at the model's input size), ``pair_turn``
+    #: runs of each in turn, after one discarded run per turn: the reply adds ``ref_ms`` (the
+    #: reference's median in the same window) and ``ratio`` (median over turns of model / reference
+    #: time). On a shared host whose speed moves by 10-50% within seconds, ``ratio`` times a fixed
+    #: reference time is several times steadier than the raw median (experiments/README.md, issue #3)
+    paired: bool = False
+    pair_turn: int = Field(5, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -121,7 +128,8 @@ class MeasurementProtocol(Frozen):
     @classmethod
     def quick(cls, **changes) -> "MeasurementProtocol":
         """A short protocol for building lookup tables of many small blocks (and for tests)."""
-        base = dict(warmup_runs=5, warmup_seconds=0.05, min_runs=20, min_seconds=0.15, reference_every=20)
+        base = dict(warmup_runs=5, warmup_seconds=0.05, min_runs=20, min_seconds=0.15, reference_every=20,
+                    paired=True)
         return cls(**{**base, **changes})
 
     def to_dict(self) -> dict:

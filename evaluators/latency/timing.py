@@ -59,17 +59,68 @@ def time_runs(timed_run: TimedRun, protocol: MeasurementProtocol, usage: dict | 
     return samples
 
 
-def measure_timed(timed_run: TimedRun, protocol: MeasurementProtocol, lock_name: str = "cpu") -> dict:
-    """Time ``timed_run``; repeat while IQR/median exceeds the threshold; flag if it never settles.
+def time_paired(timed_run: TimedRun, timed_ref: TimedRun, protocol: MeasurementProtocol,
+                usage: dict | None = None) -> tuple[list[float], list[float], list[float]]:
+    """Time ``timed_run`` in turns with a reference: ``pair_turn`` runs of each, each turn's first
+    run discarded (it pays for the other model having taken the caches). The stopping rules of
+    :func:`time_runs` apply to the model's samples over the whole interleaved wall time.
+
+    Returns the model's samples, the reference's, and one ratio per turn (median model run over
+    median reference run): a slowdown of the host that lasts longer than a turn (a few ms)
+    scales both and cancels in the ratio.
+    """
+    p, k = protocol, protocol.pair_turn
+    start, n = time.perf_counter(), 0
+    while n < p.warmup_runs or time.perf_counter() - start < p.warmup_seconds:
+        timed_run()
+        timed_ref()
+        n += 1
+        if time.perf_counter() - start > max(p.warmup_seconds, p.max_seconds / 4):
+            break
+    samples: list[float] = []
+    refs: list[float] = []
+    ratios: list[float] = []
+    start, cpu0 = time.perf_counter(), time.process_time()
+    while True:
+        timed_run()
+        a = [timed_run() for _ in range(k)]
+        timed_ref()
+        r = [timed_ref() for _ in range(k)]
+        samples += a
+        refs += r
+        ratios.append(float(np.median(a) / np.median(r)))
+        elapsed = time.perf_counter() - start
+        if len(samples) >= p.max_runs or elapsed >= p.max_seconds:
+            break
+        if len(samples) >= p.min_runs and elapsed >= p.min_seconds:
+            break
+    if usage is not None and elapsed > 0:
+        usage["cpu_share"] = round((time.process_time() - cpu0) / elapsed, 3)
+    return samples, refs, ratios
+
+
+def _timed_stats(timed_run: TimedRun, protocol: MeasurementProtocol, timed_ref: TimedRun | None) -> dict:
+    usage: dict = {}
+    if timed_ref is None:
+        return {**summarise(time_runs(timed_run, protocol, usage)), **usage}
+    samples, refs, ratios = time_paired(timed_run, timed_ref, protocol, usage)
+    q25, ratio, q75 = np.percentile(ratios, [25, 50, 75])
+    return {**summarise(samples), **usage, "ref_ms": float(np.median(refs)), "ratio": float(ratio),
+            "ratio_iqr_rel": float((q75 - q25) / ratio), "turns": len(ratios)}
+
+
+def measure_timed(timed_run: TimedRun, protocol: MeasurementProtocol, lock_name: str = "cpu",
+                  timed_ref: TimedRun | None = None) -> dict:
+    """Time ``timed_run`` (in turns with ``timed_ref`` if given, see :func:`time_paired`); repeat
+    while IQR/median exceeds the threshold; flag if it never settles.
 
     The attempt with the smallest spread is reported; ``spreads`` lists every attempt's,
     so a repeated or flagged measurement is visible, never silently accepted.
     """
     attempts: list[dict] = []
     for _ in range(protocol.max_attempts):
-        usage: dict = {}
         with device_lock(lock_name, enabled=protocol.lock):
-            stats = {**summarise(time_runs(timed_run, protocol, usage)), **usage}
+            stats = _timed_stats(timed_run, protocol, timed_ref)
         attempts.append(stats)
         if stats["iqr_rel"] <= protocol.spread_threshold:
             break

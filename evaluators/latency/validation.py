@@ -53,8 +53,9 @@ def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: Measureme
     ``MIN_FOR_DRIFT`` or more architectures the reference preset is measured before every
     network and once at the end; the metrics are reported twice: against the raw measurements,
     and ``speed_corrected`` -- each measurement divided by the machine's speed around it (the
-    mean of the references before and after, over the table's unit reference), which is the
-    table's error at the speed it predicts for, separated from the host's drift.
+    mean of the references before and after, over the table's unit reference; with a paired
+    protocol, the network's own ratio to the reference timed in turns with it, times the unit),
+    which is the table's error at the speed it predicts for, separated from the host's drift.
     ``same_machine`` tells whether this machine matches the table's processor and library versions.
     """
     predicted = [lut.predict(a) for a in archs]
@@ -71,11 +72,17 @@ def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: Measureme
     here = machine_info(lut.target.device)
     keys = ("cpu", "torch", "onnxruntime")
     base = lut.meta.get("reference_ms") or (lut.meta.get("drift") or {}).get("baseline_ms")
-    speeds = ([(refs[i] + refs[i + 1]) / 2 / base for i in range(len(archs))]
-              if every and base and len(refs) == len(archs) + 1 else None)
+    if protocol.paired and base:  # each network timed in turns with the reference: its own speed
+        speeds = [r.extra["ref_ms"] / base for r in results]
+        nominal = [r.extra["ratio"] * base for r in results]
+    else:
+        speeds = ([(refs[i] + refs[i + 1]) / 2 / base for i in range(len(archs))]
+                  if every and base and len(refs) == len(archs) + 1 else None)
+        nominal = [m / s for m, s in zip(measured, speeds)] if speeds else None
     rows = [{"name": a.name, "predicted_ms": p, "measured_ms": r.median_ms, "error": (p - r.median_ms) / r.median_ms,
              "iqr_rel": r.iqr_rel, "flagged": r.flagged, "cpu_share": r.extra.get("cpu_share"),
-             "speed": speeds[i] if speeds else None, "arch": a.to_dict()}
+             "speed": speeds[i] if speeds else None, "nominal_ms": nominal[i] if speeds else None,
+             "arch": a.to_dict()}
             for i, (a, p, r) in enumerate(zip(archs, predicted, results))]
     shares = [r.extra["cpu_share"] for r in results if r.extra.get("cpu_share") is not None]
     out = {**error_metrics(predicted, measured), "flagged": sum(r.flagged for r in results),
@@ -83,6 +90,6 @@ def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: Measureme
            "target": lut.target.to_dict(), "same_machine": all(lut.machine.get(k) == here.get(k) for k in keys),
            "machine": here, "drift": drift, "anchors_within_10": ANCHORS, "rows": rows}
     if speeds:
-        out["speed_corrected"] = error_metrics(predicted, [m / s for m, s in zip(measured, speeds)])
+        out["speed_corrected"] = error_metrics(predicted, nominal)
         out["speed"] = {"min": min(speeds), "max": max(speeds), "table_reference_ms": base}
     return out

@@ -130,11 +130,13 @@ class MeasurementWorker:
             self.count += 1
             return self._result(raw, name=arch.name)
 
-    def block_latency(self, block: Block) -> dict:
-        """Raw timing statistics of one block, as the lookup table stores them."""
+    def block_latency(self, block: Block, ref_size: int | None = None) -> dict:
+        """Raw timing statistics of one block, as the lookup table stores them. With a paired
+        protocol, ``ref_size`` is the input size of the reference it is timed against (that of
+        the networks the block belongs to)."""
         with self._mutex:
             self._maybe_reference()
-            raw = self._request({"op": "block", "block": block_dict(block)})
+            raw = self._request({"op": "block", "block": block_dict(block), "ref_size": ref_size})
             self.count += 1
             return raw
 
@@ -169,7 +171,8 @@ class MeasurementWorker:
             self.reference()
 
     def _result(self, raw: dict, name: str | None) -> LatencyResult:
-        extra = {k: raw[k] for k in ("min_ms", "spreads", "loadavg", "cpu_share") if k in raw}
+        extra = {k: raw[k] for k in ("min_ms", "spreads", "loadavg", "cpu_share", "ref_ms", "ratio", "ratio_iqr_rel",
+                                     "turns") if k in raw}
         extra["name"] = name
         extra["worker_pid"] = self.pid
         extra["clock"] = self.protocol.clock

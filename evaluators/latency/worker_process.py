@@ -57,6 +57,18 @@ def _serve(target_json: str, protocol_json: str, out) -> None:
         out.write(json.dumps(obj) + "\n")
         out.flush()
 
+    paired_refs: dict = {}
+
+    def paired_ref(size: int):
+        """The reference preset at ``size``, built once per size, for paired timing (below 64 pixels
+        its CIFAR-size variant: no stride-2 stem and max-pool, which would shrink it to nothing)."""
+        if size not in paired_refs:
+            ref = target.apply(presets.get(protocol.reference))
+            ref = (presets.cifar(ref) if size < 64 else ref).replace(input_size=size)
+            paired_refs[size] = make_timed_run(*arch_module(ref), target, f"reference {protocol.reference}",
+                                               clock=protocol.clock)
+        return paired_refs[size]
+
     reply({"ok": True, "ready": True, "pid": os.getpid(), "machine": machine_info(target.device),
            "torch_threads": torch.get_num_threads(), "pinned_cpus": pinned})
     for line in sys.stdin:
@@ -81,7 +93,10 @@ def _serve(target_json: str, protocol_json: str, out) -> None:
             else:
                 raise ValueError(f"unknown request {op!r}")
             timed_run = make_timed_run(module, shape, target, what, clock=protocol.clock)
-            reply({"ok": True, "result": measure_timed(timed_run, protocol, lock_name=target.device)})
+            timed_ref = paired_ref(int(req.get("ref_size") or (arch.input_size if op == "arch" else 224))) \
+                if protocol.paired and op != "reference" else None
+            reply({"ok": True, "result": measure_timed(timed_run, protocol, lock_name=target.device,
+                                                       timed_ref=timed_ref)})
         except ShuffleNASError as exc:
             reply({"ok": False, "error": str(exc), "type": exc.__class__.__name__})
         except Exception as exc:  # noqa: BLE001 - report, keep serving
