@@ -1,0 +1,107 @@
+"""Retrain chosen models of a finished ``shufflenas run`` with other training seeds.
+
+    python experiments/seed_check.py experiments/cifar10_cpu_v1g3.yaml trial26 shufflenet_v1_g3_cifar --seeds 1 2
+
+One test accuracy per model (seed 0) cannot tell a 1-point win from the spread
+of training itself. This trains each named model again with the run's exact
+retraining recipe (same data, subset, train/validation split, epochs,
+optimiser) except ``TrainConfig.seed`` (weights and batch order), tests it
+once on the test split, and prints every seed beside the run's own seed-0
+row, with the mean and standard deviation over seeds and the mean
+difference of each model against the last one named. Models are searched
+trials (``trialN``, taken from the run's ``retrain/candidates.json``) or
+preset names. Writes ``experiments/results/seed_check_<run>.{txt,json}``;
+already trained (model, seed) pairs in that JSON are reused, so a killed
+run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("experiment")
+    ap.add_argument("models", nargs="+", help="trialN of the run, or preset names; the last one is the reference")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from evaluators.data import load_dataset
+    from evaluators.training import TrainConfig, evaluate, train
+    from nas.experiment import load_experiment
+    from search_space import Architecture, build_model, presets
+    from search_space.io import atomic_write_json, atomic_write_text, read_jsonl
+
+    exp = load_experiment(args.experiment)
+    run_dir = Path(exp.output)
+    spec = exp.retrain
+    picked = {m["name"]: m["arch"] for m in json.loads((run_dir / "retrain" / "candidates.json").read_text())["searched"]}
+    seed0 = {r["name"]: r for r in read_jsonl(run_dir / "retrain" / "results.jsonl")}
+    archs = {}
+    for name in args.models:
+        if name in picked:
+            archs[name] = Architecture.from_dict(picked[name])
+        elif name in presets.PRESETS:
+            archs[name] = presets.get(name)
+        else:
+            raise SystemExit(f"seed_check: {name!r} is neither a retrained trial of {run_dir} nor a preset")
+    out_json = RESULTS / f"seed_check_{exp.name}.json"
+    done = json.loads(out_json.read_text())["rows"] if out_json.is_file() else []
+    have = {(r["name"], r["seed"]) for r in done}
+    data = load_dataset(exp.data, input_size=exp.load_space().spec.input_size, subset=spec.subset,
+                        val_fraction=spec.val_fraction, seed=exp.search.seed)
+    for seed in args.seeds:
+        for name, arch in archs.items():
+            if (name, seed) in have:
+                continue
+            config = TrainConfig(**{**spec.train, "seed": seed})
+            t0 = time.perf_counter()
+            ckpt = run_dir / "retrain" / "seeds" / f"{name}_seed{seed}.pt"
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            res = train(arch, data, config, checkpoint=ckpt)
+            model = build_model(arch)
+            model.load_state_dict(torch.load(res.checkpoint, map_location="cpu", weights_only=True))
+            test_acc, _ = evaluate(model, data.test, data.mean, data.std)
+            done.append({"name": name, "seed": seed, "val_acc": res.accuracy, "test_acc": test_acc,
+                         "train_seconds": round(time.perf_counter() - t0, 1)})
+            print(f"{name} seed {seed}: test {test_acc:.4f}, val {res.accuracy:.4f}", flush=True)
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out_json, {"experiment": exp.name, "rows": done})
+
+    def accs(name):
+        rows = [seed0[name]] if name in seed0 else []
+        rows += sorted((r for r in done if r["name"] == name), key=lambda r: r["seed"])
+        return [r["test_acc"] for r in rows], [r["val_acc"] for r in rows]
+
+    ref = args.models[-1]
+    seeds = [0] + sorted({r["seed"] for r in done})
+    lines = [f"seed check: run {run_dir.name}, recipe {dict(spec.train)}, subset {spec.subset}, "
+             f"split seed {exp.search.seed}; seed 0 is the run's own retraining",
+             "", f"{'model':<26}" + "".join(f"{'seed ' + str(s):>10}" for s in seeds)
+             + f"{'mean':>9}{'std':>8}{'val mean':>10}{'vs ' + ref:>28}"]
+    ref_test, _ = accs(ref)
+    for name in args.models:
+        test, val = accs(name)
+        diff = "" if name == ref else (f"{np.mean(test) - np.mean(ref_test):+.2%} mean, "
+                                       f"{sum(a > b for a, b in zip(test, ref_test))}/{min(len(test), len(ref_test))} seeds ahead")
+        lines.append(f"{name:<26}" + "".join(f"{a:>10.2%}" for a in test) + f"{np.mean(test):>9.2%}"
+                     f"{np.std(test, ddof=1) if len(test) > 1 else float('nan'):>8.2%}{np.mean(val):>10.2%}{diff:>28}")
+    text = "\n".join(lines)
+    print(text)
+    atomic_write_text(RESULTS / f"seed_check_{exp.name}.txt", text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
