@@ -79,9 +79,12 @@ def main(argv=None) -> int:
             RESULTS.mkdir(parents=True, exist_ok=True)
             atomic_write_json(out_json, {"experiment": exp.name, "rows": done})
 
+    def by_seed(name) -> dict[int, dict]:
+        rows = {0: seed0[name]} if name in seed0 else {}
+        return rows | {r["seed"]: r for r in done if r["name"] == name}
+
     def accs(name):
-        rows = [seed0[name]] if name in seed0 else []
-        rows += sorted((r for r in done if r["name"] == name), key=lambda r: r["seed"])
+        rows = [r for _, r in sorted(by_seed(name).items())]
         return [r["test_acc"] for r in rows], [r["val_acc"] for r in rows]
 
     ref = args.models[-1]
@@ -89,14 +92,18 @@ def main(argv=None) -> int:
     lines = [f"seed check: run {run_dir.name}, recipe {dict(spec.train)}, subset {spec.subset}, "
              f"split seed {exp.search.seed}; seed 0 is the run's own retraining",
              "", f"{'model':<26}" + "".join(f"{'seed ' + str(s):>10}" for s in seeds)
-             + f"{'mean':>9}{'std':>8}{'val mean':>10}{'vs ' + ref:>28}"]
-    ref_test, _ = accs(ref)
+             + f"{'mean':>9}{'std':>8}{'val mean':>10}  test acc vs {ref}"]
+    ref_rows = by_seed(ref)
     for name in args.models:
         test, val = accs(name)
-        diff = "" if name == ref else (f"{np.mean(test) - np.mean(ref_test):+.2%} mean, "
-                                       f"{sum(a > b for a, b in zip(test, ref_test))}/{min(len(test), len(ref_test))} seeds ahead")
-        lines.append(f"{name:<26}" + "".join(f"{a:>10.2%}" for a in test) + f"{np.mean(test):>9.2%}"
-                     f"{np.std(test, ddof=1) if len(test) > 1 else float('nan'):>8.2%}{np.mean(val):>10.2%}{diff:>28}")
+        mine = by_seed(name)
+        both = [k for k in mine if k in ref_rows]
+        diffs = [mine[k]["test_acc"] - ref_rows[k]["test_acc"] for k in both]
+        diff = "" if name == ref else (f"{np.mean(diffs):+.2%} same seeds, "
+                                       f"{sum(d > 0 for d in diffs)}/{len(diffs)} ahead")
+        lines.append(f"{name:<26}" + "".join(f"{mine[k]['test_acc']:>10.2%}" if k in mine else f"{'-':>10}"
+                                             for k in seeds) + f"{np.mean(test):>9.2%}"
+                     f"{np.std(test, ddof=1) if len(test) > 1 else float('nan'):>8.2%}{np.mean(val):>10.2%}  {diff}")
     text = "\n".join(lines)
     print(text)
     atomic_write_text(RESULTS / f"seed_check_{exp.name}.txt", text + "\n")
