@@ -30,6 +30,30 @@ def summarise(samples_ms: list[float]) -> dict:
             "runs": int(a.size), "min_ms": float(a.min())}
 
 
+def _warm_then_time(warm_once: Callable[[], object], timed_once: Callable[[], int], protocol: MeasurementProtocol,
+                    usage: dict | None) -> None:
+    """The protocol's warm-up and stopping rules, shared by plain and paired timing: ``warm_once()``
+    is one warm-up step, ``timed_once()`` one timed step returning the model's sample count so far."""
+    p = protocol
+    start, n = time.perf_counter(), 0
+    warm_cap = start + max(p.warmup_seconds, p.max_seconds / 4)
+    while n < p.warmup_runs or time.perf_counter() - start < p.warmup_seconds:
+        warm_once()
+        n += 1
+        if time.perf_counter() > warm_cap:
+            break
+    start, cpu0 = time.perf_counter(), time.process_time()
+    while True:
+        count = timed_once()
+        elapsed = time.perf_counter() - start
+        if count >= p.max_runs or elapsed >= p.max_seconds:
+            break
+        if count >= p.min_runs and elapsed >= p.min_seconds:
+            break
+    if usage is not None and elapsed > 0:
+        usage["cpu_share"] = round((time.process_time() - cpu0) / elapsed, 3)
+
+
 def time_runs(timed_run: TimedRun, protocol: MeasurementProtocol, usage: dict | None = None) -> list[float]:
     """Warm up (at least ``warmup_runs`` and ``warmup_seconds``), then time until both minimums are met.
 
@@ -37,25 +61,13 @@ def time_runs(timed_run: TimedRun, protocol: MeasurementProtocol, usage: dict | 
     timed runs. With one thread it is ~1 on an idle machine; well below 1 means the worker was
     descheduled (other load), so the wall-clock samples include waiting.
     """
-    p = protocol
-    start, n = time.perf_counter(), 0
-    warm_cap = start + max(p.warmup_seconds, p.max_seconds / 4)
-    while n < p.warmup_runs or time.perf_counter() - start < p.warmup_seconds:
-        timed_run()
-        n += 1
-        if time.perf_counter() > warm_cap:
-            break
     samples: list[float] = []
-    start, cpu0 = time.perf_counter(), time.process_time()
-    while True:
+
+    def one() -> int:
         samples.append(timed_run())
-        elapsed = time.perf_counter() - start
-        if len(samples) >= p.max_runs or elapsed >= p.max_seconds:
-            break
-        if len(samples) >= p.min_runs and elapsed >= p.min_seconds:
-            break
-    if usage is not None and elapsed > 0:
-        usage["cpu_share"] = round((time.process_time() - cpu0) / elapsed, 3)
+        return len(samples)
+
+    _warm_then_time(timed_run, one, protocol, usage)
     return samples
 
 
@@ -69,33 +81,22 @@ def time_paired(timed_run: TimedRun, timed_ref: TimedRun, protocol: MeasurementP
     median reference run): a slowdown of the host that lasts longer than a turn (a few ms)
     scales both and cancels in the ratio.
     """
-    p, k = protocol, protocol.pair_turn
-    start, n = time.perf_counter(), 0
-    while n < p.warmup_runs or time.perf_counter() - start < p.warmup_seconds:
-        timed_run()
-        timed_ref()
-        n += 1
-        if time.perf_counter() - start > max(p.warmup_seconds, p.max_seconds / 4):
-            break
+    k = protocol.pair_turn
     samples: list[float] = []
     refs: list[float] = []
     ratios: list[float] = []
-    start, cpu0 = time.perf_counter(), time.process_time()
-    while True:
+
+    def turn() -> int:
         timed_run()
         a = [timed_run() for _ in range(k)]
         timed_ref()
         r = [timed_ref() for _ in range(k)]
-        samples += a
-        refs += r
+        samples.extend(a)
+        refs.extend(r)
         ratios.append(float(np.median(a) / np.median(r)))
-        elapsed = time.perf_counter() - start
-        if len(samples) >= p.max_runs or elapsed >= p.max_seconds:
-            break
-        if len(samples) >= p.min_runs and elapsed >= p.min_seconds:
-            break
-    if usage is not None and elapsed > 0:
-        usage["cpu_share"] = round((time.process_time() - cpu0) / elapsed, 3)
+        return len(samples)
+
+    _warm_then_time(lambda: (timed_run(), timed_ref()), turn, protocol, usage)
     return samples, refs, ratios
 
 
