@@ -7,7 +7,7 @@ digits subset per trial, LUT latency) runs
   * with the Ray backend on a 2-node cluster, 2 trials at a time.
 Each Ray node is pinned to its own CPU core (``taskset``) and offers 1 CPU;
 the clusters run in a network namespace that has only loopback, with token
-authentication (as in tests/test_ray_cluster.py).
+authentication (as in tests/loopback_cluster.py).
 
 trials/hour = trials / (last trial finished - first trial started);
 overhead/trial = that span / trials - mean evaluation time (serial runs only).

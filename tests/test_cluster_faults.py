@@ -157,6 +157,24 @@ def test_only_latency_device_node_killed_the_search_stops_resumably(tmp_path):
     assert_kept(stopped, after)
 
 
+def _wait_until_dead(actor, timeout_s: float = 60.0) -> None:
+    import time
+
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=10)
+        except RayActorError:
+            return
+        except GetTimeoutError:
+            continue
+        time.sleep(0.2)
+    raise AssertionError(f"the killed actor still answers after {timeout_s:.0f} s")
+
+
 def test_latency_handle_recreates_a_dead_actor():
     """Without namespaces: the handle replaces an actor that died (here: ray.kill) and repeats the call."""
     import ray
@@ -174,6 +192,7 @@ def test_latency_handle_recreates_a_dead_actor():
         handle.call("close")  # (cheap: the measurement worker is not started)
         first = handle.actor()
         ray.kill(first, no_restart=True)
+        _wait_until_dead(first)  # ray.kill is asynchronous: a call sent at once may still reach the old actor
         handle.call("close")
         assert handle.actor()._actor_id != first._actor_id
     finally:
