@@ -42,11 +42,13 @@ def main(argv=None) -> int:
                     help="time blocks and networks alone, not in turns with the reference (the pre-issue-#3 protocol)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: per-run CPU time of the worker thread, a load-robust proxy (not latency)")
+    ap.add_argument("--suffix", default="",
+                    help="appended to the result file names, so a rerun keeps earlier tables and reports")
     args = ap.parse_args(argv)
 
     space = load_space(args.space)
     target = LatencyTarget(threads=args.threads)
-    tag = space.name + ("_cpuclock" if args.clock == "cpu" else "") + ("_unpaired" if args.unpaired else "")
+    tag = space.name + ("_cpuclock" if args.clock == "cpu" else "") + ("_unpaired" if args.unpaired else "") + args.suffix
     lut_path = RESULTS / f"lut_{tag}.json"
     if args.rebuild and lut_path.exists():
         lut_path.unlink()
