@@ -13,7 +13,9 @@ from evaluators.latency.validation import error_metrics, held_out_sample, valida
 from search_space import SearchSpace, iter_blocks, load_space
 from shufflenas.cli import main
 
-FAST = MeasurementProtocol.quick(min_runs=10, min_seconds=0.03, warmup_seconds=0.01, reference_every=0)
+#: calibration networks timed a little longer than blocks, as in real tables (in a worker of their own)
+FAST = MeasurementProtocol.quick(min_runs=10, min_seconds=0.03, warmup_seconds=0.01, reference_every=0,
+                                 network_seconds=0.06)
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +24,15 @@ def tiny_lut(tmp_path_factory):
     lut = LatencyLUT.build(SearchSpace.from_yaml(TINY_SPACE), LatencyTarget(), FAST, progress=False,
                            path=path, calibration=6)
     return path, lut
+
+
+def test_whole_networks_are_timed_for_network_seconds():
+    quick = MeasurementProtocol.quick()
+    nets = quick.for_networks()
+    assert quick.min_seconds < nets.min_seconds == quick.network_seconds <= nets.max_seconds / 2
+    assert nets.model_copy(update={"min_seconds": quick.min_seconds, "max_seconds": quick.max_seconds}) == quick
+    plain = MeasurementProtocol(min_seconds=1.0, network_seconds=0.5)
+    assert plain.for_networks() is plain  # never shorter than the protocol itself
 
 
 @pytest.mark.parametrize("name", ["imagenet", "all_open"])

@@ -157,29 +157,43 @@ class LatencyLUT:
                 again = lut._speed_tagged(_entry(w.block_latency(blocks[key], ref_size)), w)
                 if again["iqr_rel"] < lut.entries[key]["iqr_rel"]:
                     lut.entries[key] = again
-            if lut.path:
-                lut.save(lut.path)
-            done = {json.dumps(c["arch"], sort_keys=True) for c in lut.overhead.get("calibration", [])}
-            calib = list(lut.overhead.get("calibration", []))
-            for arch in calib_archs:
-                arch = target.apply(arch)
-                if json.dumps(arch.to_dict(), sort_keys=True) in done:
-                    continue
-                r = w.latency(arch)
-                calib.append({"arch": arch.to_dict(), "measured_ms": r.median_ms, "iqr_rel": r.iqr_rel,
-                              "flagged": r.flagged, "ref_ms": r.extra.get("ref_ms") or lut.reference_now(w),
-                              **({"ratio": r.extra["ratio"]} if "ratio" in r.extra else {})})
-            lut.overhead = {**lut.overhead, "calibration": calib}
-            lut._set_unit()
-            lut.overhead = {**fit_overhead(lut, calib), "calibration": calib}
             if protocol.reference_every:
                 w.reference()  # closing check, so drift spans the whole build
             lut.meta["drift"] = {k: v for k, v in w.drift().items() if k != "history"}
+            if lut.path:
+                lut.save(lut.path)
+            lut.calibrate(calib_archs, worker=w)
         lut.meta.update({"complete": True, "build_seconds": round(time.time() - t_start, 1),
                          "flagged_entries": sum(bool(e.get("flagged")) for e in lut.entries.values())})
         if lut.path:
             lut.save(lut.path)
         return lut
+
+    def calibrate(self, archs: Iterable[Architecture], worker: MeasurementWorker | None = None) -> dict:
+        """Time whole networks with ``protocol.for_networks()`` (in ``worker`` if it uses that protocol,
+        else in a worker of their own; networks already in the calibration are kept) and fit the
+        network correction on them. Returns the correction."""
+        done = {json.dumps(c["arch"], sort_keys=True) for c in self.overhead.get("calibration", [])}
+        calib = list(self.overhead.get("calibration", []))
+        todo = [a for a in (self.target.apply(a) for a in archs)
+                if json.dumps(a.to_dict(), sort_keys=True) not in done]
+        if todo:
+            protocol = self.protocol.for_networks()
+            own = worker is None or worker.protocol != protocol
+            w = MeasurementWorker(self.target, protocol) if own else worker
+            try:
+                for arch in todo:
+                    r = w.latency(arch)
+                    calib.append({"arch": arch.to_dict(), "measured_ms": r.median_ms, "iqr_rel": r.iqr_rel,
+                                  "flagged": r.flagged, "ref_ms": r.extra.get("ref_ms") or self.reference_now(w),
+                                  **({"ratio": r.extra["ratio"]} if "ratio" in r.extra else {})})
+            finally:
+                if own:
+                    w.close()
+        self.overhead = {**self.overhead, "calibration": calib}
+        self._set_unit()
+        self.overhead = {**fit_overhead(self, calib), "calibration": calib}
+        return self.overhead
 
     # ---- the machine's speed ------------------------------------------------------------
     @staticmethod

@@ -118,6 +118,10 @@ class MeasurementProtocol(Frozen):
     #: reference time is several times steadier than the raw median (experiments/README.md, issue #3)
     paired: bool = False
     pair_turn: int = Field(5, ge=1)
+    #: lookup tables time whole networks (calibration, validation) for at least this long, 0 = ``min_seconds``:
+    #: each one's error enters a table's correction and its validation whole, unlike a block's, which
+    #: averages with the network's other blocks
+    network_seconds: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -129,8 +133,15 @@ class MeasurementProtocol(Frozen):
     def quick(cls, **changes) -> "MeasurementProtocol":
         """A short protocol for building lookup tables of many small blocks (and for tests)."""
         base = dict(warmup_runs=5, warmup_seconds=0.05, min_runs=20, min_seconds=0.15, reference_every=20,
-                    paired=True)
+                    paired=True, network_seconds=1.0)
         return cls(**{**base, **changes})
+
+    def for_networks(self) -> "MeasurementProtocol":
+        """This protocol for timing whole networks: at least ``network_seconds`` long."""
+        if self.network_seconds <= self.min_seconds:
+            return self
+        return self.model_copy(update={"min_seconds": self.network_seconds,
+                                       "max_seconds": max(self.max_seconds, 2 * self.network_seconds)})
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")

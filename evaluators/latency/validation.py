@@ -49,7 +49,8 @@ def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: Measureme
     """Predict every architecture from ``lut`` and measure it in one worker session on ``lut.target``.
 
     Predictions are made first, so a table missing a block fails before anything is measured.
-    The protocol is the table's own (same clock, same reference timing) unless given. With
+    The protocol is the table's own for whole networks (same clock and reference timing, at least
+    ``network_seconds`` per network: :meth:`MeasurementProtocol.for_networks`) unless given. With
     ``MIN_FOR_DRIFT`` or more architectures the reference preset is measured before every
     network and once at the end; the metrics are reported twice: against the raw measurements,
     and ``speed_corrected`` -- each measurement divided by the machine's speed around it (the
@@ -59,7 +60,7 @@ def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: Measureme
     ``same_machine`` tells whether this machine matches the table's processor and library versions.
     """
     predicted = [lut.predict(a) for a in archs]
-    protocol = protocol or lut.protocol
+    protocol = protocol or lut.protocol.for_networks()
     every = 1 if len(archs) >= MIN_FOR_DRIFT else 0
     protocol = protocol.model_copy(update={"reference_every": every})
     with MeasurementWorker(lut.target, protocol) as w:

@@ -160,8 +160,9 @@ def lut_validate(lut_path, samples, space_file, seed, min_time, clock, as_json):
     if clock != table_.protocol.clock:
         raise click.UsageError(f"the table was measured with clock {table_.protocol.clock}; validate with "
                                f"--clock {table_.protocol.clock}")
-    # the table's own protocol: networks and drift references timed the way its entries were
-    protocol = table_.protocol if min_time is None else table_.protocol.model_copy(update={"min_seconds": min_time})
+    # the table's own protocol for whole networks: same clock and reference timing as its entries
+    protocol = table_.protocol.for_networks()
+    protocol = protocol if min_time is None else protocol.model_copy(update={"min_seconds": min_time})
     rep = validate_lut(table_, archs, protocol)
     emit(rep, as_json, format_validation(rep, ANCHORS))
 
