@@ -45,6 +45,8 @@ def main(argv=None) -> int:
                     help="cpu: per-run CPU time of the worker thread, a load-robust proxy (not latency)")
     ap.add_argument("--recalibrate", action="store_true",
                     help="time the calibration networks of an existing table again (its entries are kept)")
+    ap.add_argument("--network-seconds", type=float, default=MeasurementProtocol.quick().network_seconds,
+                    help="time each whole network (calibration, validation) for at least this long")
     ap.add_argument("--suffix", default="",
                     help="appended to the result file names, so a rerun keeps earlier tables and reports")
     args = ap.parse_args(argv)
@@ -59,12 +61,13 @@ def main(argv=None) -> int:
     reuse = lut_path.exists() and json.loads(lut_path.read_text()).get("meta", {}).get("complete")
     t0 = time.time()
     lut = (LatencyLUT.load(lut_path, target=target) if reuse else
-           LatencyLUT.build(space, target, MeasurementProtocol.quick(clock=args.clock, paired=not args.unpaired),
+           LatencyLUT.build(space, target, MeasurementProtocol.quick(clock=args.clock, paired=not args.unpaired,
+                                                                     network_seconds=args.network_seconds),
                             progress=True, path=lut_path,
                             calibration=args.calibration, seed=CALIBRATION_SEED))
     build_s = time.time() - t0
     if reuse and args.recalibrate:  # same networks (the build's seed), timed as the current protocol times them
-        lut.protocol = lut.protocol.model_copy(update={"network_seconds": MeasurementProtocol.quick().network_seconds})
+        lut.protocol = lut.protocol.model_copy(update={"network_seconds": args.network_seconds})
         lut.overhead = {**lut.overhead, "calibration": []}
         lut.calibrate(space.sample(args.calibration, seed=CALIBRATION_SEED))
         lut.save(lut_path)
@@ -115,8 +118,9 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS / f"lut_validation_{tag}.txt", text + "\n")
-    atomic_write_json(RESULTS / f"lut_validation_{tag}.json",
+    out = f"lut_validation_{tag}" + (f"_seed{args.seed}" if args.seed else "")  # another held-out sample
+    atomic_write_text(RESULTS / f"{out}.txt", text + "\n")
+    atomic_write_json(RESULTS / f"{out}.json",
                       {**rep, "space": space.name, "clock": args.clock, "lut": str(lut_path.name), "loadavg_start": load0})
     return 0
 

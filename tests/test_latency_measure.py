@@ -37,6 +37,18 @@ def test_cuda_without_cuda_is_a_clear_error():
         check_available(LatencyTarget(device="cuda", runtime="eager"))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here; the CUDA path runs where torch sees one")
+@pytest.mark.parametrize("runtime", ["eager", "torchscript"])
+def test_cuda_latency_with_events_in_a_worker(runtime):
+    """Where a GPU is present: a preset measured on it with CUDA events, in the worker process."""
+    from search_space import presets
+
+    arch = presets.get("shufflenet_v2_x0_5")
+    r = measure(arch, LatencyTarget(device="cuda", runtime=runtime), QUICK)
+    assert r.target["device"] == "cuda" and r.runs >= QUICK.min_runs and 0 < r.median_ms <= r.p90_ms
+    assert r.extra["ratio"] > 0  # timed in turns with the reference, on the GPU too
+
+
 def test_summarise_known_samples():
     s = summarise([float(x) for x in range(1, 102)])  # 1..101
     assert s["median_ms"] == 51 and s["runs"] == 101 and s["p90_ms"] == pytest.approx(91)

@@ -133,7 +133,7 @@ class MeasurementProtocol(Frozen):
     def quick(cls, **changes) -> "MeasurementProtocol":
         """A short protocol for building lookup tables of many small blocks (and for tests)."""
         base = dict(warmup_runs=5, warmup_seconds=0.05, min_runs=20, min_seconds=0.15, reference_every=20,
-                    paired=True, network_seconds=1.0)
+                    paired=True, network_seconds=2.0)
         return cls(**{**base, **changes})
 
     def for_networks(self) -> "MeasurementProtocol":
