@@ -27,7 +27,6 @@ from search_space.io import atomic_write_json, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SPACES = Path(__file__).resolve().parent / "spaces"
-CALIBRATION_SEED = 1_000_003  # LatencyLUT.build's default
 GOALS = {"within_10": 0.95, "mape": 0.05, "spearman": 0.98}
 
 
@@ -64,12 +63,11 @@ def main(argv=None) -> int:
            LatencyLUT.build(space, target, MeasurementProtocol.quick(clock=args.clock, paired=not args.unpaired,
                                                                      network_seconds=args.network_seconds),
                             progress=True, path=lut_path,
-                            calibration=args.calibration, seed=CALIBRATION_SEED))
+                            calibration=args.calibration))
     build_s = time.time() - t0
-    if reuse and args.recalibrate:  # same networks (the build's seed), timed as the current protocol times them
+    if reuse and args.recalibrate:  # the same networks, timed for --network-seconds each
         lut.protocol = lut.protocol.model_copy(update={"network_seconds": args.network_seconds})
-        lut.overhead = {**lut.overhead, "calibration": []}
-        lut.calibrate(space.sample(args.calibration, seed=CALIBRATION_SEED))
+        lut.recalibrate()
         lut.save(lut_path)
     elif reuse:
         lut.refit()  # the correction as the current code fits it, from the stored calibration networks

@@ -35,12 +35,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args(argv)
 
-    import torch
-
-    from evaluators.data import load_dataset
-    from evaluators.training import TrainConfig, evaluate, train
+    from evaluators.training import TrainConfig
     from nas.experiment import load_experiment
-    from search_space import Architecture, build_model, presets
+    from nas.retrain import recipe_data, train_and_test
+    from search_space import Architecture, presets
     from search_space.io import atomic_write_json, atomic_write_text, read_jsonl
 
     exp = load_experiment(args.experiment)
@@ -59,8 +57,7 @@ def main(argv=None) -> int:
     out_json = RESULTS / f"seed_check_{exp.name}.json"
     done = json.loads(out_json.read_text())["rows"] if out_json.is_file() else []
     have = {(r["name"], r["seed"]) for r in done}
-    data = load_dataset(exp.data, input_size=exp.load_space().spec.input_size, subset=spec.subset,
-                        val_fraction=spec.val_fraction, seed=exp.search.seed)
+    data: dict[int, object] = {}  # per input size, as the run's retraining loads it
     for seed in args.seeds:
         for name, arch in archs.items():
             if (name, seed) in have:
@@ -69,10 +66,9 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             ckpt = run_dir / "retrain" / "seeds" / f"{name}_seed{seed}.pt"
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            res = train(arch, data, config, checkpoint=ckpt)
-            model = build_model(arch)
-            model.load_state_dict(torch.load(res.checkpoint, map_location="cpu", weights_only=True))
-            test_acc, _ = evaluate(model, data.test, data.mean, data.std)
+            if arch.input_size not in data:
+                data[arch.input_size] = recipe_data(exp, spec, arch)
+            res, test_acc, _ = train_and_test(arch, data[arch.input_size], config, ckpt)
             done.append({"name": name, "seed": seed, "val_acc": res.accuracy, "test_acc": test_acc,
                          "train_seconds": round(time.perf_counter() - t0, 1)})
             print(f"{name} seed {seed}: test {test_acc:.4f}, val {res.accuracy:.4f}", flush=True)

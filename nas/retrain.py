@@ -198,13 +198,34 @@ def _reuse_baselines(spec: RetrainSpec, recipe: dict, names: set[str], log=print
     return rows
 
 
+def recipe_data(exp: Experiment, spec: RetrainSpec, arch: Architecture):
+    """The retraining data for ``arch``: the experiment's dataset at its input, the recipe's subset
+    and the search's train/validation split."""
+    from evaluators.data import load_dataset
+
+    return load_dataset(exp.data, input_size=arch.input_size, in_channels=arch.in_channels,
+                        subset=spec.subset, val_fraction=spec.val_fraction, seed=exp.search.seed)
+
+
+def train_and_test(arch: Architecture, data, config, checkpoint: Path):
+    """Train ``arch`` with ``config`` (best-validation weights kept in ``checkpoint``), then test
+    those weights once. Returns the training result, test accuracy and test loss."""
+    import torch
+
+    from evaluators.training import evaluate, train
+
+    res = train(arch, data, config, checkpoint=checkpoint)
+    model = build_model(arch)
+    model.load_state_dict(torch.load(res.checkpoint, map_location="cpu", weights_only=True))
+    test_acc, test_loss = evaluate(model, data.test, data.mean, data.std)
+    return res, test_acc, test_loss
+
+
 def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, progress: bool = True,
             log=print) -> dict:
     """Train, test and re-measure every model; resumable (finished models are skipped)."""
-    from evaluators.data import load_dataset
     from evaluators.latency import MeasurementWorker
-    from evaluators.training import TrainConfig, evaluate, train
-    import torch
+    from evaluators.training import TrainConfig
 
     run_dir = Path(run_dir)
     out = run_dir / "retrain"
@@ -229,16 +250,11 @@ def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, progress
             continue
         size = arch.input_size
         if size not in data_cache:
-            data_cache[size] = load_dataset(exp.data, input_size=size, in_channels=arch.in_channels,
-                                            subset=spec.subset, val_fraction=spec.val_fraction,
-                                            seed=exp.search.seed)
+            data_cache[size] = recipe_data(exp, spec, arch)
         data = data_cache[size]
         log(f"retrain: {name} ({kind}) for {config.epochs} epochs on {len(data.train)} images ...")
         t0 = time.perf_counter()
-        res = train(arch, data, config, checkpoint=out / name / "weights.pt")
-        model = build_model(arch)
-        model.load_state_dict(torch.load(res.checkpoint, map_location="cpu", weights_only=True))
-        test_acc, test_loss = evaluate(model, data.test, data.mean, data.std)
+        res, test_acc, test_loss = train_and_test(arch, data, config, out / name / "weights.pt")
         p = profile(arch)
         row = {"name": name, "kind": kind, "arch": arch.to_dict(), "params": p.params,
                "mflops": round(p.mflops, 3), "val_acc": res.accuracy, "test_acc": test_acc,

@@ -67,6 +67,15 @@ def test_build_save_predict(tiny_lut, tiny_space):
     assert len(o["calibration"]) == 6 and o["fit_mape"] < 0.5
 
 
+def test_recalibrate_times_the_same_networks_again(tiny_lut):
+    path, _ = tiny_lut
+    lut = LatencyLUT.load(path)  # a copy in memory: the session's table stays as built
+    before = lut.overhead["calibration"]
+    after = lut.recalibrate()["calibration"]
+    assert [c["arch"] for c in after] == [c["arch"] for c in before]
+    assert all(c["measured_ms"] > 0 for c in after) and after is not before
+
+
 def test_wrong_target_and_missing_block_are_clear(tiny_lut, tiny_space):
     path, _ = tiny_lut
     with pytest.raises(LatencyError, match="another target") as ei:

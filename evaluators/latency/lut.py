@@ -325,6 +325,12 @@ class LatencyLUT:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def recalibrate(self) -> dict:
+        """Time the calibration networks again, with the current protocol, and refit the correction."""
+        archs = [Architecture.from_dict(c["arch"]) for c in self.overhead.get("calibration", [])]
+        self.overhead = {**self.overhead, "calibration": []}
+        return self.calibrate(archs)
+
     def refit(self) -> dict:
         """Fit the network correction again from the stored calibration measurements (nothing is measured)."""
         calib = self.overhead.get("calibration", [])
