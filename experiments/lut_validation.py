@@ -4,9 +4,10 @@
 
 Builds (or resumes, or reuses) the table for the space on this machine
 (ONNX Runtime, 1 thread, batch 1, the space's input size), measures
-``--samples`` random architectures that were not used for calibration, one
-worker session, and prints MAPE, the share within +/-5% and +/-10% and the
-rank correlations beside the published anchors. Writes
+``--samples`` random architectures that were not used for calibration, each
+in ``--network-sessions`` worker sessions (median kept), and prints MAPE,
+the share within +/-5% and +/-10% and the rank correlations beside the
+published anchors. Writes
 ``experiments/results/lut_<space>.json`` (the table) and
 ``experiments/results/lut_validation_<space>.{txt,json}``.
 """
@@ -46,6 +47,8 @@ def main(argv=None) -> int:
                     help="time the calibration networks of an existing table again (its entries are kept)")
     ap.add_argument("--network-seconds", type=float, default=MeasurementProtocol.quick().network_seconds,
                     help="time each whole network (calibration, validation) for at least this long")
+    ap.add_argument("--network-sessions", type=int, default=MeasurementProtocol.quick().network_sessions,
+                    help="time each whole network in this many worker sessions and keep the median")
     ap.add_argument("--suffix", default="",
                     help="appended to the result file names, so a rerun keeps earlier tables and reports")
     args = ap.parse_args(argv)
@@ -61,12 +64,14 @@ def main(argv=None) -> int:
     t0 = time.time()
     lut = (LatencyLUT.load(lut_path, target=target) if reuse else
            LatencyLUT.build(space, target, MeasurementProtocol.quick(clock=args.clock, paired=not args.unpaired,
-                                                                     network_seconds=args.network_seconds),
+                                                                     network_seconds=args.network_seconds,
+                                                                     network_sessions=args.network_sessions),
                             progress=True, path=lut_path,
                             calibration=args.calibration))
     build_s = time.time() - t0
     if reuse and args.recalibrate:  # the same networks, timed for --network-seconds each
-        lut.protocol = lut.protocol.model_copy(update={"network_seconds": args.network_seconds})
+        lut.protocol = lut.protocol.model_copy(update={"network_seconds": args.network_seconds,
+                                                       "network_sessions": args.network_sessions})
         lut.recalibrate()
         lut.save(lut_path)
     elif reuse:
@@ -74,7 +79,8 @@ def main(argv=None) -> int:
         lut.save(lut_path)
     archs = held_out_sample(lut, space, args.samples, seed=args.seed)
     t0 = time.time()
-    rep = validate_lut(lut, archs)  # the table's own protocol and clock (paired: timed in turns with the reference)
+    # the table's own protocol and clock (paired: timed in turns with the reference), --network-sessions sessions
+    rep = validate_lut(lut, archs, sessions=args.network_sessions, seed=args.seed)
     sc = rep.get("speed_corrected")
     o = lut.overhead
     lines = [
@@ -98,6 +104,8 @@ def main(argv=None) -> int:
                                       ("within +/-10%", "within_10", ".1%", ">= 95%"),
                                       ("Spearman", "spearman", ".3f", ">= 0.98"), ("Kendall", "kendall", ".3f", ""),
                                       ("max |error|", "max_abs_error", ".2%", ""))],
+        f"{'sessions':<16}{rep['sessions']:>10d}   worker sessions per network, median kept"
+        + (f"; they differ by a median {rep['session_spread_median']:.1%}" if "session_spread_median" in rep else ""),
         f"{'flagged':<16}{rep['flagged']:>10d}   measurements whose spread stayed above threshold",
         f"{'drift':<16}{rep['drift'].get('worst_ratio', 1.0):>10.3f}   worst reference ratio during validation",
         f"{'speed':<16}{_speed(rep):>10}   the machine's speed during validation over the table's (reference "

@@ -13,9 +13,10 @@ from evaluators.latency.validation import error_metrics, held_out_sample, valida
 from search_space import SearchSpace, iter_blocks, load_space
 from shufflenas.cli import main
 
-#: calibration networks timed a little longer than blocks, as in real tables (in a worker of their own)
+#: calibration networks timed a little longer than blocks, as in real tables (in workers of their own),
+#: each in two sessions
 FAST = MeasurementProtocol.quick(min_runs=10, min_seconds=0.03, warmup_seconds=0.01, reference_every=0,
-                                 network_seconds=0.06)
+                                 network_seconds=0.06, network_sessions=2)
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +66,7 @@ def test_build_save_predict(tiny_lut, tiny_space):
     r = loaded.latency(arch)
     assert r.source == "lut" and r.median_ms == loaded.predict(arch) > 0
     assert len(o["calibration"]) == 6 and o["fit_mape"] < 0.5
+    assert all(c["session_spread"] >= 0 and c["ratio"] > 0 for c in o["calibration"])  # two sessions each
 
 
 def test_recalibrate_times_the_same_networks_again(tiny_lut):
@@ -125,15 +127,23 @@ def test_validate_held_out(tiny_lut, tiny_space):
     rep = validate_lut(lut, archs, FAST)
     assert rep["n"] == 4 and 0 <= rep["within_10"] <= 1 and rep["same_machine"]
     assert len(rep["rows"]) == 4 and all(r["measured_ms"] > 0 for r in rep["rows"])
+    # each network measured in FAST.network_sessions worker processes, the median kept
+    assert rep["sessions"] == 2 and rep["session_spread_median"] >= 0
+    for row in rep["rows"]:
+        assert len({s["worker_pid"] for s in row["sessions"]}) == 2
+        assert row["measured_ms"] == pytest.approx(sorted(s["median_ms"] for s in row["sessions"])[0] / 2
+                                                   + sorted(s["median_ms"] for s in row["sessions"])[1] / 2)
 
 
 def test_cli_lut(tiny_lut, tiny_space_file, capsys, tmp_path):
     path, _ = tiny_lut
     assert main(["lut", "build", str(tiny_space_file), "--out", str(tmp_path / "x.json"), "--count", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["blocks"] == 25
-    assert main(["lut", "validate", str(path), "--samples", "3", "--min-time", "0.03", "--json"]) == 0
+    assert main(["lut", "validate", str(path), "--samples", "3", "--min-time", "0.03", "--sessions", "1",
+                 "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["n"] == 3 and {"mape", "within_5", "within_10", "spearman", "kendall"} <= set(rep)
+    assert rep["sessions"] == 1
     for args, words in [(("latency", "--preset", "shufflenet_v2_x1_0_cifar", "--lut", path, "--threads", "2"),
                          "another target"),
                         (("latency", "--preset", "shufflenet_v2_x1_0_cifar", "--lut", path), "no entry for block"),

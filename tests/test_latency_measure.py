@@ -83,6 +83,57 @@ def test_paired_timing_cancels_a_host_slowdown():
     assert out["iqr_rel"] > 0.2  # the raw model times saw the slowdown
 
 
+def test_paired_spread_is_judged_on_the_ratio():
+    """The host's speed swings 3x from one turn to the next: the raw runs spread far beyond the
+    threshold, the paired ratio (what is reported) does not, so it is accepted at once, not repeated."""
+    calls = itertools.count()
+    now = {"s": 1.0}
+    k = 4
+
+    def model():
+        now["s"] = 3.0 if (next(calls) // (k + 1)) % 2 else 1.0
+        return 2.0 * now["s"]
+
+    protocol = MeasurementProtocol(warmup_runs=0, warmup_seconds=0, min_runs=80, min_seconds=0, max_runs=80,
+                                   paired=True, pair_turn=k, lock=False)
+    out = measure_timed(model, protocol, timed_ref=lambda: 0.5 * now["s"])
+    assert out["iqr_rel"] > 0.5 and out["ratio_iqr_rel"] == pytest.approx(0.0) and out["ratio"] == pytest.approx(4.0)
+    assert out["attempts"] == 1 and not out["flagged"] and out["spreads"] == [0.0]
+    unpaired = measure_timed(model, protocol.model_copy(update={"paired": False}))
+    assert unpaired["attempts"] == protocol.max_attempts and unpaired["flagged"]
+
+
+def test_median_of_sessions():
+    from evaluators.base import LatencyResult
+    from evaluators.latency.worker import median_of_sessions
+
+    def one(ms, ratio, flagged=False):
+        return LatencyResult(median_ms=ms, p90_ms=ms * 1.1, iqr_rel=0.02, runs=10, flagged=flagged,
+                             extra={"ratio": ratio, "ref_ms": ms / ratio, "worker_pid": ms})
+
+    r = median_of_sessions([one(1.0, 2.0), one(1.5, 2.2, flagged=True), one(1.2, 2.1)])
+    assert (r.median_ms, r.extra["ratio"], r.runs, r.flagged) == (1.2, 2.1, 30, False)
+    assert r.extra["session_spread"] == pytest.approx(0.2 / 2.1) and len(r.extra["sessions"]) == 3
+    assert median_of_sessions([one(1.0, 2.0, True), one(1.0, 2.0, True), one(1.0, 2.0)]).flagged  # most were
+    single = one(1.0, 2.0)
+    assert median_of_sessions([single]) is single
+
+
+@pytest.mark.filterwarnings("ignore::evaluators.latency.worker.LatencyDriftWarning")  # a busy machine drifts
+def test_measure_sessions_runs_fresh_workers(tiny_arch):
+    from evaluators.latency.worker import measure_sessions
+
+    archs = [tiny_arch, tiny_arch.replace(input_size=48)]
+    protocol = QUICK.model_copy(update={"reference_every": 1, "reference": "shufflenet_v2_x0_5_cifar"})
+    results, drifts = measure_sessions(archs, LatencyTarget(), protocol, sessions=2, closing_reference=True)
+    assert len(results) == 2 and len(drifts) == 2 and all(d["checks"] == 3 for d in drifts)
+    for r in results:
+        sessions = r.extra["sessions"]
+        assert len(sessions) == 2 and sessions[0]["worker_pid"] != sessions[1]["worker_pid"]
+        assert r.extra["ratio"] == pytest.approx((sessions[0]["ratio"] + sessions[1]["ratio"]) / 2)
+    assert results[1].median_ms > results[0].median_ms  # 48x48 costs more than 16x16
+
+
 def test_device_lock_serialises_holders():
     spans = []
 

@@ -43,11 +43,11 @@ from search_space.io import atomic_write_json
 
 from ..base import LatencyResult
 from .target import LatencyError, LatencyTarget, LUTMissingError, MeasurementProtocol
-from .worker import MeasurementWorker
+from .worker import MeasurementWorker, measure_sessions
 
 LUT_FORMAT = "shufflenas-latency-lut/1"
 ENTRY_FIELDS = ("median_ms", "p90_ms", "iqr_rel", "runs", "attempts", "flagged")
-PAIRED_FIELDS = ("ref_ms", "ratio")
+PAIRED_FIELDS = ("ref_ms", "ratio", "ratio_iqr_rel")
 SAVE_EVERY_S = 2.0
 
 
@@ -155,7 +155,7 @@ class LatencyLUT:
             # One more pass for blocks whose spread never settled: keep the steadier measurement.
             for key in [k for k, e in lut.entries.items() if e.get("flagged")]:
                 again = lut._speed_tagged(_entry(w.block_latency(blocks[key], ref_size)), w)
-                if again["iqr_rel"] < lut.entries[key]["iqr_rel"]:
+                if _spread(again) < _spread(lut.entries[key]):
                     lut.entries[key] = again
             if protocol.reference_every:
                 w.reference()  # closing check, so drift spans the whole build
@@ -170,26 +170,20 @@ class LatencyLUT:
         return lut
 
     def calibrate(self, archs: Iterable[Architecture], worker: MeasurementWorker | None = None) -> dict:
-        """Time whole networks with ``protocol.for_networks()`` (in ``worker`` if it uses that protocol,
-        else in a worker of their own; networks already in the calibration are kept) and fit the
+        """Time whole networks with ``protocol.for_networks()``, each in ``protocol.network_sessions``
+        sessions, the median kept (:func:`~evaluators.latency.worker.measure_sessions`; the first session
+        in ``worker`` if it uses that protocol; networks already in the calibration are kept), and fit the
         network correction on them. Returns the correction."""
         done = {json.dumps(c["arch"], sort_keys=True) for c in self.overhead.get("calibration", [])}
         calib = list(self.overhead.get("calibration", []))
         todo = [a for a in (self.target.apply(a) for a in archs)
                 if json.dumps(a.to_dict(), sort_keys=True) not in done]
         if todo:
-            protocol = self.protocol.for_networks()
-            own = worker is None or worker.protocol != protocol
-            w = MeasurementWorker(self.target, protocol) if own else worker
-            try:
-                for arch in todo:
-                    r = w.latency(arch)
-                    calib.append({"arch": arch.to_dict(), "measured_ms": r.median_ms, "iqr_rel": r.iqr_rel,
-                                  "flagged": r.flagged, "ref_ms": r.extra.get("ref_ms") or self.reference_now(w),
-                                  **({"ratio": r.extra["ratio"]} if "ratio" in r.extra else {})})
-            finally:
-                if own:
-                    w.close()
+            results, _ = measure_sessions(todo, self.target, self.protocol.for_networks(), worker=worker)
+            for arch, r in zip(todo, results):
+                calib.append({"arch": arch.to_dict(), "measured_ms": r.median_ms, "iqr_rel": r.iqr_rel,
+                              "flagged": r.flagged,
+                              **{k: r.extra[k] for k in ("ref_ms", "ratio", "session_spread") if k in r.extra}})
         self.overhead = {**self.overhead, "calibration": calib}
         self._set_unit()
         self.overhead = {**fit_overhead(self, calib), "calibration": calib}
@@ -342,6 +336,11 @@ class LatencyLUT:
 
     def __repr__(self) -> str:
         return f"LatencyLUT({len(self.entries)} blocks, {self.target.describe()})"
+
+
+def _spread(entry: dict) -> float:
+    """The spread the measurement was judged by: of the paired ratios when it has them, else of the runs."""
+    return entry.get("ratio_iqr_rel", entry["iqr_rel"])
 
 
 def _entry(raw: dict) -> dict:

@@ -89,7 +89,10 @@ class MeasurementProtocol(Frozen):
     Defaults time each network for at least 1 s and 30 runs after at least
     0.3 s and 10 runs of warm-up (the first call costs 1.5-3x a warm one).
     A measurement whose IQR/median exceeds ``spread_threshold`` is repeated up
-    to ``max_attempts`` times; if it stays above, the result is flagged.
+    to ``max_attempts`` times; if it stays above, the result is flagged. With
+    ``paired`` timing the spread judged is that of the per-turn ratios, the
+    quantity a paired measurement reports, not that of the raw runs, which
+    carries the host's swings the pairing cancels.
     """
 
     warmup_runs: int = Field(10, ge=0)
@@ -122,6 +125,10 @@ class MeasurementProtocol(Frozen):
     #: each one's error enters a table's correction and its validation whole, unlike a block's, which
     #: averages with the network's other blocks
     network_seconds: float = Field(0.0, ge=0)
+    #: lookup tables time each whole network in this many worker sessions (fresh processes, the networks in a
+    #: new order each time) and keep the median: one session's reading of a 32x32 network moved a median
+    #: 4.7% (max 27%) between two sessions minutes apart on a shared 2-core host (experiments/README.md)
+    network_sessions: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -133,7 +140,7 @@ class MeasurementProtocol(Frozen):
     def quick(cls, **changes) -> "MeasurementProtocol":
         """A short protocol for building lookup tables of many small blocks (and for tests)."""
         base = dict(warmup_runs=5, warmup_seconds=0.05, min_runs=20, min_seconds=0.15, reference_every=20,
-                    paired=True, network_seconds=2.0)
+                    paired=True, network_seconds=2.0, network_sessions=3)
         return cls(**{**base, **changes})
 
     def for_networks(self) -> "MeasurementProtocol":

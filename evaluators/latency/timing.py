@@ -113,21 +113,23 @@ def _timed_stats(timed_run: TimedRun, protocol: MeasurementProtocol, timed_ref: 
 def measure_timed(timed_run: TimedRun, protocol: MeasurementProtocol, lock_name: str = "cpu",
                   timed_ref: TimedRun | None = None) -> dict:
     """Time ``timed_run`` (in turns with ``timed_ref`` if given, see :func:`time_paired`); repeat
-    while IQR/median exceeds the threshold; flag if it never settles.
+    while IQR/median exceeds the threshold -- of the runs, or with a reference of the per-turn
+    ratios (what is reported then) -- and flag if it never settles.
 
     The attempt with the smallest spread is reported; ``spreads`` lists every attempt's,
     so a repeated or flagged measurement is visible, never silently accepted.
     """
+    spread = "iqr_rel" if timed_ref is None else "ratio_iqr_rel"  # the spread of what is reported
     attempts: list[dict] = []
     for _ in range(protocol.max_attempts):
         with device_lock(lock_name, enabled=protocol.lock):
             stats = _timed_stats(timed_run, protocol, timed_ref)
         attempts.append(stats)
-        if stats["iqr_rel"] <= protocol.spread_threshold:
+        if stats[spread] <= protocol.spread_threshold:
             break
-    best = min(attempts, key=lambda s: s["iqr_rel"])
-    return {**best, "attempts": len(attempts), "flagged": best["iqr_rel"] > protocol.spread_threshold,
-            "spreads": [round(s["iqr_rel"], 4) for s in attempts], "loadavg": _loadavg()}
+    best = min(attempts, key=lambda s: s[spread])
+    return {**best, "attempts": len(attempts), "flagged": best[spread] > protocol.spread_threshold,
+            "spreads": [round(s[spread], 4) for s in attempts], "loadavg": _loadavg()}
 
 
 def _loadavg() -> float | None:

@@ -11,7 +11,7 @@ from search_space import Architecture, SearchSpace
 
 from .lut import LatencyLUT
 from .target import MeasurementProtocol, machine_info
-from .worker import MeasurementWorker
+from .worker import measure_sessions
 
 #: Published reference points (NOTES.md): share of models within +/-10%.
 MIN_FOR_DRIFT = 10
@@ -45,51 +45,52 @@ def held_out_sample(lut: LatencyLUT, space: SearchSpace, n: int, seed: int = 0) 
     return out
 
 
-def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: MeasurementProtocol | None = None) -> dict:
-    """Predict every architecture from ``lut`` and measure it in one worker session on ``lut.target``.
+def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: MeasurementProtocol | None = None,
+                 sessions: int | None = None, seed: int = 0) -> dict:
+    """Predict every architecture from ``lut`` and measure it on ``lut.target``.
 
     Predictions are made first, so a table missing a block fails before anything is measured.
     The protocol is the table's own for whole networks (same clock and reference timing, at least
-    ``network_seconds`` per network: :meth:`MeasurementProtocol.for_networks`) unless given. With
-    ``MIN_FOR_DRIFT`` or more architectures the reference preset is measured before every
-    network and once at the end; the metrics are reported twice: against the raw measurements,
-    and ``speed_corrected`` -- each measurement divided by the machine's speed around it (the
-    mean of the references before and after, over the table's unit reference; with a paired
-    protocol, the network's own ratio to the reference timed in turns with it, times the unit),
-    which is the table's error at the speed it predicts for, separated from the host's drift.
-    ``same_machine`` tells whether this machine matches the table's processor and library versions.
+    ``network_seconds`` per network: :meth:`MeasurementProtocol.for_networks`) unless given; each
+    network is measured in ``sessions`` worker sessions (default ``protocol.network_sessions``, the
+    table's calibration networks got as many) and the median kept. With ``MIN_FOR_DRIFT`` or more
+    architectures the reference preset is measured before every network and once at the end of each
+    session; the metrics are reported twice: against the raw measurements, and ``speed_corrected`` --
+    each measurement at the table's unit speed (with a paired protocol, the network's own ratio to
+    the reference timed in turns with it, times the unit; else divided by the reference reading of
+    its moment over the unit), which is the table's error at the speed it predicts for, separated
+    from the host's drift. ``same_machine`` tells whether this machine matches the table's processor
+    and library versions.
     """
     predicted = [lut.predict(a) for a in archs]
     protocol = protocol or lut.protocol.for_networks()
     every = 1 if len(archs) >= MIN_FOR_DRIFT else 0
     protocol = protocol.model_copy(update={"reference_every": every})
-    with MeasurementWorker(lut.target, protocol) as w:
-        results = [w.latency(a) for a in archs]
-        if every:
-            w.reference()  # closing check, so drift spans the whole session
-        drift = {k: v for k, v in w.drift().items() if k != "history"}
-        refs = [r["median_ms"] for r in w.references]
+    results, drifts = measure_sessions(archs, lut.target, protocol, sessions, seed=seed, closing_reference=True)
+    drift = max(drifts, key=lambda d: abs(d.get("worst_ratio", 1.0) - 1))
     measured = [r.median_ms for r in results]
     here = machine_info(lut.target.device)
     keys = ("cpu", "torch", "onnxruntime")
     base = lut.meta.get("reference_ms") or (lut.meta.get("drift") or {}).get("baseline_ms")
-    if protocol.paired and base:  # each network timed in turns with the reference: its own speed
+    speeds = nominal = None
+    if base and all(r.extra.get("ref_ms") for r in results):
         speeds = [r.extra["ref_ms"] / base for r in results]
-        nominal = [r.extra["ratio"] * base for r in results]
-    else:
-        speeds = ([(refs[i] + refs[i + 1]) / 2 / base for i in range(len(archs))]
-                  if every and base and len(refs) == len(archs) + 1 else None)
-        nominal = [m / s for m, s in zip(measured, speeds)] if speeds else None
+        nominal = ([r.extra["ratio"] * base for r in results] if protocol.paired else
+                   [m / s for m, s in zip(measured, speeds)])
     rows = [{"name": a.name, "predicted_ms": p, "measured_ms": r.median_ms, "error": (p - r.median_ms) / r.median_ms,
              "iqr_rel": r.iqr_rel, "flagged": r.flagged, "cpu_share": r.extra.get("cpu_share"),
              "speed": speeds[i] if speeds else None, "nominal_ms": nominal[i] if speeds else None,
+             **{k: r.extra[k] for k in ("session_spread", "sessions") if k in r.extra},
              "arch": a.to_dict()}
             for i, (a, p, r) in enumerate(zip(archs, predicted, results))]
     shares = [r.extra["cpu_share"] for r in results if r.extra.get("cpu_share") is not None]
     out = {**error_metrics(predicted, measured), "flagged": sum(r.flagged for r in results),
-           "cpu_share_median": float(np.median(shares)) if shares else None,
+           "sessions": len(drifts), "cpu_share_median": float(np.median(shares)) if shares else None,
            "target": lut.target.to_dict(), "same_machine": all(lut.machine.get(k) == here.get(k) for k in keys),
            "machine": here, "drift": drift, "anchors_within_10": ANCHORS, "rows": rows}
+    spreads = [r.extra["session_spread"] for r in results if "session_spread" in r.extra]
+    if spreads:
+        out["session_spread_median"] = float(np.median(spreads))
     if speeds:
         out["speed_corrected"] = error_metrics(predicted, nominal)
         out["speed"] = {"min": min(speeds), "max": max(speeds), "table_reference_ms": base}

@@ -26,6 +26,8 @@ import warnings
 import weakref
 from typing import Sequence, overload
 
+import numpy as np
+
 from search_space import Architecture
 from search_space.blocks import Block, block_dict
 
@@ -221,3 +223,70 @@ def measure(arch_or_list, target: LatencyTarget | None = None, protocol: Measure
     with MeasurementWorker(target or LatencyTarget(), protocol) as w:
         results = [w.latency(a) for a in archs]
     return results[0] if single else results
+
+
+def measure_sessions(archs: Sequence[Architecture], target: LatencyTarget, protocol: MeasurementProtocol,
+                     sessions: int | None = None, worker: MeasurementWorker | None = None, seed: int = 0,
+                     closing_reference: bool = False) -> tuple[list[LatencyResult], list[dict]]:
+    """Measure every architecture in ``sessions`` worker sessions (default ``protocol.network_sessions``)
+    and return, per architecture, the median over sessions, with each session's drift summary.
+
+    The first session runs in ``worker`` when it is given and uses ``protocol``, in the given order;
+    every other session is a fresh worker process that measures the networks in a new random order,
+    so neither one process's luck nor one slow minute of the host falls on the same networks each
+    time. Unpaired results get ``ref_ms``, the reference reading of their moment, when the protocol
+    times a reference. ``closing_reference`` times it once more at the end of each session, so the
+    drift summary spans the whole session.
+    """
+    sessions = sessions or protocol.network_sessions
+    per_session: list[list[LatencyResult | None]] = []
+    drifts: list[dict] = []
+    rng = np.random.default_rng(seed)
+    for s in range(sessions):
+        order = list(range(len(archs))) if s == 0 else [int(i) for i in rng.permutation(len(archs))]
+        own = not (s == 0 and worker is not None and worker.protocol == protocol)
+        w = MeasurementWorker(target, protocol) if own else worker
+        got: list[LatencyResult | None] = [None] * len(archs)
+        try:
+            for i in order:
+                r = w.latency(archs[i])
+                if "ref_ms" not in r.extra and w.references:
+                    r.extra["ref_ms"] = w.references[-1]["median_ms"]
+                got[i] = r
+            if closing_reference and protocol.reference_every:
+                w.reference()
+            drifts.append({k: v for k, v in w.drift().items() if k != "history"})
+        finally:
+            if own:
+                w.close()
+        per_session.append(got)
+    return [median_of_sessions([got[i] for got in per_session]) for i in range(len(archs))], drifts
+
+
+def median_of_sessions(results: Sequence[LatencyResult]) -> LatencyResult:
+    """One network measured in several sessions as one result: the median over sessions of its median,
+    p90, spread and (paired) reference time and ratio. It is flagged when most sessions were; the
+    sessions' own readings stay in ``extra["sessions"]`` and their relative range (of the ratio when
+    paired) in ``extra["session_spread"]``."""
+    if len(results) == 1:
+        return results[0]
+
+    def med(values) -> float:
+        return float(np.median(list(values)))
+
+    extra = dict(results[0].extra)
+    for key in ("ref_ms", "ratio", "ratio_iqr_rel", "min_ms", "cpu_share"):
+        values = [r.extra[key] for r in results if r.extra.get(key) is not None]
+        if values:
+            extra[key] = med(values)
+    paired = all("ratio" in r.extra for r in results)
+    values = [r.extra["ratio"] if paired else r.median_ms for r in results]
+    extra["session_spread"] = (max(values) - min(values)) / med(values)
+    extra["sessions"] = [{"median_ms": r.median_ms, "iqr_rel": r.iqr_rel, "flagged": r.flagged,
+                          **{k: r.extra[k] for k in ("ratio", "ref_ms", "worker_pid") if k in r.extra}}
+                         for r in results]
+    return LatencyResult(median_ms=med(r.median_ms for r in results), p90_ms=med(r.p90_ms for r in results),
+                         iqr_rel=med(r.iqr_rel for r in results), runs=sum(r.runs for r in results),
+                         flagged=2 * sum(r.flagged for r in results) > len(results),
+                         attempts=sum(r.attempts for r in results), source="measured", target=results[0].target,
+                         extra=extra)

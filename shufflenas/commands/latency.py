@@ -139,9 +139,11 @@ def lut_build(space_file, out_path, device, runtime, threads, batch, input_size,
               help="held-out random architectures to measure")
 @click.option("--space", "space_file", metavar="SPACE.yaml|NAME", help="sample from this space [the table's]")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sessions", type=click.IntRange(1, 100), metavar="N",
+              help="measure each network in N worker sessions and keep the median [the table's network_sessions]")
 @protocol_option
 @click.option("--json", "as_json", is_flag=True)
-def lut_validate(lut_path, samples, space_file, seed, min_time, clock, as_json):
+def lut_validate(lut_path, samples, space_file, seed, sessions, min_time, clock, as_json):
     """Measure held-out architectures and compare with the table's predictions."""
     from search_space import SearchSpace, load_space
 
@@ -163,7 +165,7 @@ def lut_validate(lut_path, samples, space_file, seed, min_time, clock, as_json):
     # the table's own protocol for whole networks: same clock and reference timing as its entries
     protocol = table_.protocol.for_networks()
     protocol = protocol if min_time is None else protocol.model_copy(update={"min_seconds": min_time})
-    rep = validate_lut(table_, archs, protocol)
+    rep = validate_lut(table_, archs, protocol, sessions=sessions, seed=seed)
     emit(rep, as_json, format_validation(rep, ANCHORS))
 
 
@@ -173,7 +175,10 @@ def format_validation(rep: dict, anchors: dict) -> str:
              f"  within +/-5%    {rep['within_5']:.1%}",
              f"  within +/-10%   {rep['within_10']:.1%}"]
     lines += [f"  {k:<15s} {rep[k]:.3f}" for k in ("spearman", "kendall") if k in rep]
-    lines += [f"  flagged         {rep['flagged']} (spread above threshold after repeats)",
+    lines += [f"  sessions        {rep['sessions']} per network, median kept"
+              + (f" (sessions differ by a median {rep['session_spread_median']:.1%})"
+                 if "session_spread_median" in rep else ""),
+              f"  flagged         {rep['flagged']} (spread above threshold after repeats)",
               f"  drift           {rep['drift'].get('worst_ratio', 1.0):.3f} worst reference ratio"
               + (" -- DRIFTED" if rep["drift"].get("drifted") else "")]
     sc = rep.get("speed_corrected")
