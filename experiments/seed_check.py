@@ -1,6 +1,6 @@
 """Retrain chosen models of a finished ``shufflenas run`` with other training seeds.
 
-    python experiments/seed_check.py experiments/cifar10_cpu_v1g3.yaml trial26 shufflenet_v1_g3_cifar --seeds 1 2
+    python experiments/seed_check.py experiments/cifar10_cpu_v1g3.yaml trial26 shufflenet_v1_g3_cifar --seeds 1 2 3 4
 
 One test accuracy per model (seed 0) cannot tell a 1-point win from the spread
 of training itself. This trains each named model again with the run's exact
@@ -8,7 +8,8 @@ retraining recipe (same data, subset, train/validation split, epochs,
 optimiser) except ``TrainConfig.seed`` (weights and batch order), tests it
 once on the test split, and prints every seed beside the run's own seed-0
 row, with the mean and standard deviation over seeds and the mean
-difference of each model against the last one named. Models are searched
+difference of each model against the last one named (over 3+ shared seeds
+with its 95% confidence interval and a paired t-test). Models are searched
 trials (``trialN``, taken from the run's ``retrain/candidates.json``) or
 preset names. Writes ``experiments/results/seed_check_<run>.{txt,json}``;
 already trained (model, seed) pairs in that JSON are reused, so a killed
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
         both = [k for k in mine if k in ref_rows]
         diffs = [mine[k]["test_acc"] - ref_rows[k]["test_acc"] for k in both]
         diff = "" if name == ref else (f"{np.mean(diffs):+.2%} same seeds, "
-                                       f"{sum(d > 0 for d in diffs)}/{len(diffs)} ahead")
+                                       f"{sum(d > 0 for d in diffs)}/{len(diffs)} ahead" + _paired_test(diffs))
         lines.append(f"{name:<26}" + "".join(f"{mine[k]['test_acc']:>10.2%}" if k in mine else f"{'-':>10}"
                                              for k in seeds) + f"{np.mean(test):>9.2%}"
                      f"{np.std(test, ddof=1) if len(test) > 1 else float('nan'):>8.2%}{np.mean(val):>10.2%}  {diff}")
@@ -104,6 +105,18 @@ def main(argv=None) -> int:
     print(text)
     atomic_write_text(RESULTS / f"seed_check_{exp.name}.txt", text + "\n")
     return 0
+
+
+def _paired_test(diffs: list[float]) -> str:
+    """Paired t-test over the seeds both models were trained with: the same seed means the same
+    batch order and a comparable initialisation draw, so the per-seed differences are the sample."""
+    if len(diffs) < 3:
+        return ""
+    from scipy import stats
+
+    d = np.asarray(diffs)
+    lo, hi = stats.t.interval(0.95, d.size - 1, loc=d.mean(), scale=d.std(ddof=1) / np.sqrt(d.size))
+    return f", 95% CI [{lo:+.2%}, {hi:+.2%}], paired t-test p={stats.ttest_1samp(d, 0.0).pvalue:.2g}"
 
 
 if __name__ == "__main__":
