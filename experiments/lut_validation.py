@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     if reuse and args.recalibrate:  # the same networks, timed for --network-seconds each
         lut.protocol = lut.protocol.model_copy(update={"network_seconds": args.network_seconds,
                                                        "network_sessions": args.network_sessions})
-        lut.recalibrate()
+        lut.recalibrate(progress=True)
         lut.save(lut_path)
     elif reuse:
         lut.refit()  # the correction as the current code fits it, from the stored calibration networks
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     archs = held_out_sample(lut, space, args.samples, seed=args.seed)
     t0 = time.time()
     # the table's own protocol and clock (paired: timed in turns with the reference), --network-sessions sessions
-    rep = validate_lut(lut, archs, sessions=args.network_sessions, seed=args.seed)
+    rep = validate_lut(lut, archs, sessions=args.network_sessions, seed=args.seed, progress=True)
     sc = rep.get("speed_corrected")
     o = lut.overhead
     lines = [

@@ -162,14 +162,15 @@ class LatencyLUT:
             lut.meta["drift"] = {k: v for k, v in w.drift().items() if k != "history"}
             if lut.path:
                 lut.save(lut.path)
-            lut.calibrate(calib_archs, worker=w)
+            lut.calibrate(calib_archs, worker=w, progress=progress)
         lut.meta.update({"complete": True, "build_seconds": round(time.time() - t_start, 1),
                          "flagged_entries": sum(bool(e.get("flagged")) for e in lut.entries.values())})
         if lut.path:
             lut.save(lut.path)
         return lut
 
-    def calibrate(self, archs: Iterable[Architecture], worker: MeasurementWorker | None = None) -> dict:
+    def calibrate(self, archs: Iterable[Architecture], worker: MeasurementWorker | None = None,
+                  progress: bool = False) -> dict:
         """Time whole networks with ``protocol.for_networks()``, each in ``protocol.network_sessions``
         sessions, the median kept (:func:`~evaluators.latency.worker.measure_sessions`; the first session
         in ``worker`` if it uses that protocol; networks already in the calibration are kept), and fit the
@@ -179,7 +180,8 @@ class LatencyLUT:
         todo = [a for a in (self.target.apply(a) for a in archs)
                 if json.dumps(a.to_dict(), sort_keys=True) not in done]
         if todo:
-            results, _ = measure_sessions(todo, self.target, self.protocol.for_networks(), worker=worker)
+            results, _ = measure_sessions(todo, self.target, self.protocol.for_networks(), worker=worker,
+                                          progress=progress, desc="calibration")
             for arch, r in zip(todo, results):
                 calib.append({"arch": arch.to_dict(), "measured_ms": r.median_ms, "iqr_rel": r.iqr_rel,
                               "flagged": r.flagged,
@@ -319,11 +321,11 @@ class LatencyLUT:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def recalibrate(self) -> dict:
+    def recalibrate(self, progress: bool = False) -> dict:
         """Time the calibration networks again, with the current protocol, and refit the correction."""
         archs = [Architecture.from_dict(c["arch"]) for c in self.overhead.get("calibration", [])]
         self.overhead = {**self.overhead, "calibration": []}
-        return self.calibrate(archs)
+        return self.calibrate(archs, progress=progress)
 
     def refit(self) -> dict:
         """Fit the network correction again from the stored calibration measurements (nothing is measured)."""

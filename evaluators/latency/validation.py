@@ -46,7 +46,7 @@ def held_out_sample(lut: LatencyLUT, space: SearchSpace, n: int, seed: int = 0) 
 
 
 def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: MeasurementProtocol | None = None,
-                 sessions: int | None = None, seed: int = 0) -> dict:
+                 sessions: int | None = None, seed: int = 0, progress: bool = False) -> dict:
     """Predict every architecture from ``lut`` and measure it on ``lut.target``.
 
     Predictions are made first, so a table missing a block fails before anything is measured.
@@ -66,7 +66,8 @@ def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: Measureme
     protocol = protocol or lut.protocol.for_networks()
     every = 1 if len(archs) >= MIN_FOR_DRIFT else 0
     protocol = protocol.model_copy(update={"reference_every": every})
-    results, drifts = measure_sessions(archs, lut.target, protocol, sessions, seed=seed, closing_reference=True)
+    results, drifts = measure_sessions(archs, lut.target, protocol, sessions, seed=seed, closing_reference=True,
+                                       progress=progress, desc="validation")
     drift = max(drifts, key=lambda d: abs(d.get("worst_ratio", 1.0) - 1))
     measured = [r.median_ms for r in results]
     here = machine_info(lut.target.device)

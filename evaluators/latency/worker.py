@@ -227,7 +227,8 @@ def measure(arch_or_list, target: LatencyTarget | None = None, protocol: Measure
 
 def measure_sessions(archs: Sequence[Architecture], target: LatencyTarget, protocol: MeasurementProtocol,
                      sessions: int | None = None, worker: MeasurementWorker | None = None, seed: int = 0,
-                     closing_reference: bool = False) -> tuple[list[LatencyResult], list[dict]]:
+                     closing_reference: bool = False, progress: bool = False,
+                     desc: str = "networks") -> tuple[list[LatencyResult], list[dict]]:
     """Measure every architecture in ``sessions`` worker sessions (default ``protocol.network_sessions``)
     and return, per architecture, the median over sessions, with each session's drift summary.
 
@@ -236,12 +237,16 @@ def measure_sessions(archs: Sequence[Architecture], target: LatencyTarget, proto
     so neither one process's luck nor one slow minute of the host falls on the same networks each
     time. Unpaired results get ``ref_ms``, the reference reading of their moment, when the protocol
     times a reference. ``closing_reference`` times it once more at the end of each session, so the
-    drift summary spans the whole session.
+    drift summary spans the whole session. ``progress`` shows a bar over all measurements.
     """
+    from tqdm import tqdm
+
     sessions = sessions or protocol.network_sessions
     per_session: list[list[LatencyResult | None]] = []
     drifts: list[dict] = []
     rng = np.random.default_rng(seed)
+    bar = tqdm(total=sessions * len(archs), desc=f"{desc}, {sessions} session(s)", unit="net", disable=not progress,
+               dynamic_ncols=True)
     for s in range(sessions):
         order = list(range(len(archs))) if s == 0 else [int(i) for i in rng.permutation(len(archs))]
         own = not (s == 0 and worker is not None and worker.protocol == protocol)
@@ -253,6 +258,7 @@ def measure_sessions(archs: Sequence[Architecture], target: LatencyTarget, proto
                 if "ref_ms" not in r.extra and w.references:
                     r.extra["ref_ms"] = w.references[-1]["median_ms"]
                 got[i] = r
+                bar.update()
             if closing_reference and protocol.reference_every:
                 w.reference()
             drifts.append({k: v for k, v in w.drift().items() if k != "history"})
@@ -260,6 +266,7 @@ def measure_sessions(archs: Sequence[Architecture], target: LatencyTarget, proto
             if own:
                 w.close()
         per_session.append(got)
+    bar.close()
     return [median_of_sessions([got[i] for got in per_session]) for i in range(len(archs))], drifts
 
 

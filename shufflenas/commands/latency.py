@@ -165,7 +165,7 @@ def lut_validate(lut_path, samples, space_file, seed, sessions, min_time, clock,
     # the table's own protocol for whole networks: same clock and reference timing as its entries
     protocol = table_.protocol.for_networks()
     protocol = protocol if min_time is None else protocol.model_copy(update={"min_seconds": min_time})
-    rep = validate_lut(table_, archs, protocol, sessions=sessions, seed=seed)
+    rep = validate_lut(table_, archs, protocol, sessions=sessions, seed=seed, progress=not as_json)
     emit(rep, as_json, format_validation(rep, ANCHORS))
 
 
