@@ -53,9 +53,10 @@ def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: Measureme
     The protocol is the table's own for whole networks (same clock and reference timing, at least
     ``network_seconds`` per network: :meth:`MeasurementProtocol.for_networks`) unless given; each
     network is measured in ``sessions`` worker sessions (default ``protocol.network_sessions``, the
-    table's calibration networks got as many) and the median kept. With ``MIN_FOR_DRIFT`` or more
-    architectures the reference preset is measured before every network and once at the end of each
-    session; the metrics are reported twice: against the raw measurements, and ``speed_corrected`` --
+    table's calibration networks got as many) and the median kept. A paired protocol times the
+    reference in turns with every network, and the drift is the reference's reading there against
+    the table's unit; unpaired, with ``MIN_FOR_DRIFT`` or more architectures, the reference preset
+    is measured before every network and once at the end of each session. The metrics are reported twice: against the raw measurements, and ``speed_corrected`` --
     each measurement at the table's unit speed (with a paired protocol, the network's own ratio to
     the reference timed in turns with it, times the unit; else divided by the reference reading of
     its moment over the unit), which is the table's error at the speed it predicts for, separated
@@ -64,15 +65,17 @@ def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: Measureme
     """
     predicted = [lut.predict(a) for a in archs]
     protocol = protocol or lut.protocol.for_networks()
-    every = 1 if len(archs) >= MIN_FOR_DRIFT else 0
+    base = lut.meta.get("reference_ms") or (lut.meta.get("drift") or {}).get("baseline_ms")
+    # paired: each network brings its own reference reading, a separate one would only double the time
+    every = 1 if len(archs) >= MIN_FOR_DRIFT and not (protocol.paired and base) else 0
     protocol = protocol.model_copy(update={"reference_every": every})
     results, drifts = measure_sessions(archs, lut.target, protocol, sessions, seed=seed, closing_reference=True,
                                        progress=progress, desc="validation")
-    drift = max(drifts, key=lambda d: abs(d.get("worst_ratio", 1.0) - 1))
+    drift = (_paired_drift(results, base, protocol) if protocol.paired and base else
+             max(drifts, key=lambda d: abs(d.get("worst_ratio", 1.0) - 1)))
     measured = [r.median_ms for r in results]
     here = machine_info(lut.target.device)
     keys = ("cpu", "torch", "onnxruntime")
-    base = lut.meta.get("reference_ms") or (lut.meta.get("drift") or {}).get("baseline_ms")
     speeds = nominal = None
     if base and all(r.extra.get("ref_ms") for r in results):
         speeds = [r.extra["ref_ms"] / base for r in results]
@@ -96,3 +99,13 @@ def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: Measureme
         out["speed_corrected"] = error_metrics(predicted, nominal)
         out["speed"] = {"min": min(speeds), "max": max(speeds), "table_reference_ms": base}
     return out
+
+
+def _paired_drift(results, base: float, protocol: MeasurementProtocol) -> dict:
+    """The machine's speed over the table's: every session's paired reference reading over its unit."""
+    ratios = [s.get("ref_ms", r.extra.get("ref_ms")) / base for r in results
+              for s in (r.extra.get("sessions") or [r.extra])]
+    worst = max(ratios, key=lambda x: abs(x - 1))
+    return {"reference": protocol.reference, "checks": len(ratios), "threshold": protocol.drift_threshold,
+            "baseline_ms": base, "baseline": "the table's unit", "worst_ratio": worst,
+            "drifted": abs(worst - 1) > protocol.drift_threshold}
