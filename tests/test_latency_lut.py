@@ -13,10 +13,10 @@ from evaluators.latency.validation import error_metrics, held_out_sample, valida
 from search_space import SearchSpace, iter_blocks, load_space
 from shufflenas.cli import main
 
-#: calibration networks timed a little longer than blocks, as in real tables (in workers of their own),
-#: each in two sessions
+#: calibration networks timed a little longer than blocks, as in real tables (in a worker of their own);
+#: one session each, to keep the suite short (several sessions: test_validate_held_out)
 FAST = MeasurementProtocol.quick(min_runs=10, min_seconds=0.03, warmup_seconds=0.01, reference_every=0,
-                                 network_seconds=0.06, network_sessions=2)
+                                 network_seconds=0.06, network_sessions=1)
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +66,6 @@ def test_build_save_predict(tiny_lut, tiny_space):
     r = loaded.latency(arch)
     assert r.source == "lut" and r.median_ms == loaded.predict(arch) > 0
     assert len(o["calibration"]) == 6 and o["fit_mape"] < 0.5
-    assert all(c["session_spread"] >= 0 and c["ratio"] > 0 for c in o["calibration"])  # two sessions each
 
 
 def test_recalibrate_times_the_same_networks_again(tiny_lut):
@@ -124,10 +123,10 @@ def test_validate_held_out(tiny_lut, tiny_space):
     archs = held_out_sample(lut, tiny_space, 4, seed=7)
     calib = {json.dumps(c["arch"], sort_keys=True) for c in lut.overhead["calibration"]}
     assert len(archs) == 4 and not calib & {json.dumps(a.to_dict(), sort_keys=True) for a in archs}
-    rep = validate_lut(lut, archs, FAST)
+    rep = validate_lut(lut, archs, FAST, sessions=2)
     assert rep["n"] == 4 and 0 <= rep["within_10"] <= 1 and rep["same_machine"]
     assert len(rep["rows"]) == 4 and all(r["measured_ms"] > 0 for r in rep["rows"])
-    # each network measured in FAST.network_sessions worker processes, the median kept
+    # each network measured in two worker processes, the median kept
     assert rep["sessions"] == 2 and rep["session_spread_median"] >= 0
     for row in rep["rows"]:
         assert len({s["worker_pid"] for s in row["sessions"]}) == 2

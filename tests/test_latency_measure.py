@@ -119,19 +119,18 @@ def test_median_of_sessions():
     assert median_of_sessions([single]) is single
 
 
-@pytest.mark.filterwarnings("ignore::evaluators.latency.worker.LatencyDriftWarning")  # a busy machine drifts
 def test_measure_sessions_runs_fresh_workers(tiny_arch):
     from evaluators.latency.worker import measure_sessions
 
-    archs = [tiny_arch, tiny_arch.replace(input_size=48)]
-    protocol = QUICK.model_copy(update={"reference_every": 1, "reference": "shufflenet_v2_x0_5_cifar"})
-    results, drifts = measure_sessions(archs, LatencyTarget(), protocol, sessions=2, closing_reference=True)
-    assert len(results) == 2 and len(drifts) == 2 and all(d["checks"] == 3 for d in drifts)
+    archs = [tiny_arch, tiny_arch.replace(name="tiny again")]
+    results, drifts = measure_sessions(archs, LatencyTarget(), QUICK.model_copy(update={"reference_every": 0}),
+                                       sessions=2)
+    assert len(results) == 2 and len(drifts) == 2
     for r in results:
         sessions = r.extra["sessions"]
         assert len(sessions) == 2 and sessions[0]["worker_pid"] != sessions[1]["worker_pid"]
         assert r.extra["ratio"] == pytest.approx((sessions[0]["ratio"] + sessions[1]["ratio"]) / 2)
-    assert results[1].median_ms > results[0].median_ms  # 48x48 costs more than 16x16
+        assert r.median_ms == pytest.approx((sessions[0]["median_ms"] + sessions[1]["median_ms"]) / 2)
 
 
 def test_device_lock_serialises_holders():
