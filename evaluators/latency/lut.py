@@ -192,14 +192,9 @@ class LatencyLUT:
         return self.overhead
 
     # ---- the machine's speed ------------------------------------------------------------
-    @staticmethod
-    def reference_now(worker: MeasurementWorker) -> float | None:
-        """The worker's latest reference reading (ms), None when the protocol measures none."""
-        return worker.references[-1]["median_ms"] if worker.references else None
-
     def _speed_tagged(self, entry: dict, worker: MeasurementWorker) -> dict:
         """The entry with the reference reading of its moment: its own paired one, else the latest."""
-        ref = self.reference_now(worker)
+        ref = worker.reference_now()
         return entry if ref is None or entry.get("ref_ms") else {**entry, "ref_ms": ref}
 
     def _set_unit(self) -> None:

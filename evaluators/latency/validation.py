@@ -56,11 +56,11 @@ def validate_lut(lut: LatencyLUT, archs: list[Architecture], protocol: Measureme
     table's calibration networks got as many) and the median kept. A paired protocol times the
     reference in turns with every network, and the drift is the reference's reading there against
     the table's unit; unpaired, with ``MIN_FOR_DRIFT`` or more architectures, the reference preset
-    is measured before every network and once at the end of each session. The metrics are reported twice: against the raw measurements, and ``speed_corrected`` --
-    each measurement at the table's unit speed (with a paired protocol, the network's own ratio to
-    the reference timed in turns with it, times the unit; else divided by the reference reading of
-    its moment over the unit), which is the table's error at the speed it predicts for, separated
-    from the host's drift. ``same_machine`` tells whether this machine matches the table's processor
+    is measured before every network and once at the end of each session. The metrics are reported
+    twice: against the raw measurements, and ``speed_corrected`` -- each measurement at the table's
+    unit speed (with a paired protocol, the network's own ratio to the reference timed in turns
+    with it, times the unit; else divided by the reference reading of its moment over the unit),
+    which is the table's error at the speed it predicts for, separated from the host's drift. ``same_machine`` tells whether this machine matches the table's processor
     and library versions.
     """
     predicted = [lut.predict(a) for a in archs]

@@ -154,6 +154,10 @@ class MeasurementWorker:
                           f"the machine's speed changed (load, thermal, frequency)", LatencyDriftWarning, stacklevel=2)
         return self._result(raw, name=self.protocol.reference)
 
+    def reference_now(self) -> float | None:
+        """The latest reference reading (ms), None when the protocol measures none."""
+        return self.references[-1]["median_ms"] if self.references else None
+
     def drift(self) -> dict:
         """Reference latency now vs at the first check; ``drifted`` when beyond ``drift_threshold``."""
         refs = self.references
@@ -255,8 +259,9 @@ def measure_sessions(archs: Sequence[Architecture], target: LatencyTarget, proto
         try:
             for i in order:
                 r = w.latency(archs[i])
-                if "ref_ms" not in r.extra and w.references:
-                    r.extra["ref_ms"] = w.references[-1]["median_ms"]
+                ref = w.reference_now()
+                if "ref_ms" not in r.extra and ref:
+                    r.extra["ref_ms"] = ref
                 got[i] = r
                 bar.update()
             if closing_reference and protocol.reference_every:
