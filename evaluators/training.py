@@ -155,15 +155,43 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> str:
     return str(atomic_write_bytes(path, buf.getvalue()))
 
 
+def _state_key(arch: Architecture, config: TrainConfig) -> str:
+    return hashlib.sha1((arch.to_json() + repr(sorted(config.to_dict().items()))).encode()).hexdigest()
+
+
+def _save_state(path, arch, config, model, opt, sched, gen, history, step, seconds) -> None:
+    buf = io.BytesIO()
+    torch.save({"key": _state_key(arch, config), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "schedule": sched.state_dict(), "generator": gen.get_state(), "history": history,
+                "step": step, "seconds": seconds}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_state(path, arch: Architecture, config: TrainConfig) -> Optional[dict]:
+    """The saved state of this very training (same architecture and recipe), else None."""
+    if path is None or not Path(path).is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("key") != _state_key(arch, config):
+        raise TrainingError(f"{path} holds the state of another training (architecture or recipe "
+                            f"differ); delete it or use another output folder")
+    return saved
+
+
 def train(arch: Architecture, data: DataSplits, config: TrainConfig,
           callback: EpochCallback | None = None, checkpoint: str | Path | None = None,
-          model: nn.Module | None = None, progress: Callable[[int, int, float], None] | None = None
-          ) -> AccuracyResult:
+          model: nn.Module | None = None, progress: Callable[[int, int, float], None] | None = None,
+          state: str | Path | None = None) -> AccuracyResult:
     """Train ``arch`` (or the given ``model``) from its initial weights; validation accuracy after each epoch.
 
     ``callback(epoch, val_acc)`` returning True stops training after that epoch.
     ``progress(step, total_steps, loss)`` is called after every optimiser step
     (for a progress bar). Raises :class:`TrainingDiverged` on a NaN/inf loss.
+    With ``state``, everything a resume needs (weights, optimiser, schedule, the data
+    generator, history) is written there atomically after every epoch, and a later call
+    with the same arguments continues after the last finished epoch: a long training
+    killed mid-way loses at most one epoch and ends with the same weights as an
+    uninterrupted run (on the CPU, same threads).
     """
     _check_fit(arch, data)
     start = time.perf_counter()
@@ -190,8 +218,20 @@ def train(arch: Architecture, data: DataSplits, config: TrainConfig,
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(total, config.warmup))
         history, step, stopped, train_loss = [], 0, False, float("nan")
         val_acc, val_loss = 0.0, float("nan")
+        first_epoch, spent = 1, 0.0
+        saved = _load_state(state, arch, config)
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["schedule"])
+            gen.set_state(saved["generator"])
+            history, step, spent = saved["history"], saved["step"], saved["seconds"]
+            first_epoch = history[-1]["epoch"] + 1
+            val_acc, val_loss = history[-1]["val_acc"], history[-1]["val_loss"]
+            train_loss = history[-1]["train_loss"]
+        start -= spent  # a resumed training reports its whole time
         model.train()
-        for epoch in range(1, epochs + 1):
+        for epoch in range(first_epoch, epochs + 1):
             run_loss, seen = 0.0, 0
             for x, y in batches(data.train, config.batch_size, shuffle=True, augment=config.augment,
                                 generator=gen, mean=data.mean, std=data.std):
@@ -220,6 +260,9 @@ def train(arch: Architecture, data: DataSplits, config: TrainConfig,
                                        f"after epoch {epoch}; lower the learning rate")
             history.append({"epoch": epoch, "train_loss": round(train_loss, 5), "val_acc": val_acc,
                             "val_loss": round(val_loss, 5), "seconds": round(time.perf_counter() - start, 3)})
+            if state is not None:
+                _save_state(state, arch, config, model, opt, sched, gen, history, step,
+                            time.perf_counter() - start)
             if callback is not None and callback(epoch, val_acc) and step < total:
                 stopped = True
                 break

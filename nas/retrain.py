@@ -214,7 +214,9 @@ def train_and_test(arch: Architecture, data, config, checkpoint: Path):
 
     from evaluators.training import evaluate, train
 
-    res = train(arch, data, config, checkpoint=checkpoint)
+    state = Path(checkpoint).with_suffix(".state.pt")  # per-epoch resume point of a long training
+    res = train(arch, data, config, checkpoint=checkpoint, state=state)
+    state.unlink(missing_ok=True)
     model = build_model(arch)
     model.load_state_dict(torch.load(res.checkpoint, map_location="cpu", weights_only=True))
     test_acc, test_loss = evaluate(model, data.test, data.mean, data.std)

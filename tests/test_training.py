@@ -154,3 +154,30 @@ def test_cli_train_classes_test_split_and_outputs(tmp_path, tiny_arch, capsys):
     model = build_model(Architecture.from_yaml(run / "arch.yaml"))
     model.load_state_dict(torch.load(run / "model.pt", weights_only=True))
     assert json.loads((run / "result.json").read_text())["accuracy"] == rep["accuracy"]
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tiny_arch, digits16, tmp_path):
+    """A training stopped after epoch 2 of 3 (a kill) continues from its state file and ends
+    with exactly the weights and history of an uninterrupted run."""
+    cfg = TrainConfig(epochs=3, **FAST)
+    whole = train(tiny_arch, digits16, cfg, checkpoint=tmp_path / "whole.pt")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(epoch, acc):
+        if epoch == 2:
+            raise Killed
+
+    state = tmp_path / "run.state.pt"
+    with pytest.raises(Killed):
+        train(tiny_arch, digits16, cfg, state=state, callback=kill_after_two)
+    seen = []
+    resumed = train(tiny_arch, digits16, cfg, checkpoint=tmp_path / "resumed.pt", state=state,
+                    callback=lambda e, acc: seen.append(e))
+    assert seen == [3]  # epochs 1-2 were not trained again
+    assert [h["val_acc"] for h in resumed.extra["history"]] == [h["val_acc"] for h in whole.extra["history"]]
+    wa, wb = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("whole", "resumed"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(TrainingError, match="another training"):
+        train(tiny_arch, digits16, TrainConfig(epochs=3, seed=5, **FAST), state=state)
