@@ -46,7 +46,7 @@ def write_experiment(tmp: Path, name: str, backend: str, trials: int, concurrenc
                       "train": {"epochs": 2, "batch_size": 64, "threads": 1, "augment": False}},
          "latency": {"mode": "lut", "lut": str(LUT), "target": q["latency"]["target"], "remeasure_front": False},
          "search": {"backend": backend, "sampler": "random", "trials": trials, "seed": 0,
-                    "concurrency": concurrency, "resources": {"cpu": 1}},
+                    "concurrency": concurrency, "ray": {"resources": {"cpu": 1}}},
          "output": str(tmp / name)}
     p = tmp / f"{name}.yaml"
     p.write_text(dump_yaml(d))

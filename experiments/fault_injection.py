@@ -73,7 +73,7 @@ def write_experiment(path: Path, *, backend: str, trials: int, lut: Path, output
                      "train": {"epochs": 1, "batch_size": 64, "threads": 1}},
         "latency": {"mode": "lut", "lut": str(lut), "budget_ms": 1.0},
         "search": {"backend": backend, "sampler": "tpe", "trials": trials, "seed": 0,
-                   **({"concurrency": 2, "num_cpus": 2} if backend == "ray" else {})},
+                   **({"concurrency": 2, "ray": {"num_cpus": 2}} if backend == "ray" else {})},
         "seeds": list(seeds), "output": str(output),
     }
     path.write_text(yaml.safe_dump(exp, sort_keys=False))

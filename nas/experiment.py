@@ -9,7 +9,8 @@ the field)::
     accuracy: {method: zero_cost, proxy: synflow}
     latency: {mode: measured, target: {runtime: onnxruntime, threads: 1}, budget_ms: 2.0}
     objectives: [accuracy, latency_ms]
-    search: {backend: optuna, sampler: tpe, trials: 30, concurrency: 1, seed: 0}
+    search: {backend: optuna, sampler: tpe, trials: 30, concurrency: 1, seed: 0,
+             optuna: {storage: null}}         # or backend: ray, ray: {address: auto, ...}
     seeds: [shufflenet_v2_x0_5_cifar]
     output: runs/quickstart
 
@@ -88,13 +89,77 @@ class LatencySpec(Frozen):
         return self
 
 
+class OptunaOptions(Frozen):
+    """``search.optuna``: settings only the Optuna backend reads."""
+
+    #: None = a JournalStorage file in the run directory; or an RDB URL (postgresql://..., sqlite:///FILE)
+    storage: Optional[str] = None
+
+
+class RayResources(Frozen):
+    """``search.ray.resources``: what Tune reserves for one trial (fractions allowed, e.g. gpu: 0.5)."""
+
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+
+    @field_validator("cpu", "gpu")
+    @classmethod
+    def _ray_quantity(cls, v):
+        if v > 1 and v != int(v):
+            raise ValueError(f"Ray accepts a fraction only below 1 (got {v}); use a whole number above 1")
+        return v
+
+
+class RayOptions(Frozen):
+    """``search.ray``: settings only the Ray Tune backend reads."""
+
+    #: None = a private local cluster on loopback; "auto" or host:port = an existing cluster
+    address: Optional[str] = None
+    #: CPUs of the private local cluster (None = all)
+    num_cpus: Optional[int] = Field(None, ge=1)
+    #: times a trial whose worker or node died is run again before it is recorded FAIL
+    #: (kept from the search's start on --resume)
+    max_failures: int = Field(1, ge=0, le=100)
+    #: scheduler on accuracy (asha stops weak proxy trainings early; needs proxy_training)
+    scheduler: Optional[Literal["asha"]] = None
+    #: resources of one trial
+    resources: RayResources = RayResources()
+
+
+#: keys that used to sit directly under ``search`` -> the backend section they belong to now
+BACKEND_KEYS = {"storage": "optuna", "address": "ray", "num_cpus": "ray", "max_failures": "ray",
+                "scheduler": "ray", "resources": "ray"}
+
+
+def search_layout_error(search: Any, backend_from: str = "search.backend") -> Optional[str]:
+    """Why a raw ``search`` mapping mixes up the backends' options (one line), or None.
+
+    A flat backend option (``search.storage``) names its new place; the other backend's
+    section (``search.ray`` with backend optuna) is refused rather than silently ignored.
+    """
+    if not isinstance(search, dict):
+        return None
+    for key, section in BACKEND_KEYS.items():
+        if key in search:
+            return f"search.{key}: moved to search.{section}.{key} (each backend's options are nested under its name)"
+    backend = search.get("backend", "optuna")
+    for section in ("optuna", "ray"):
+        if section in search and section != backend:
+            default = " (the default)" if "backend" not in search and backend_from == "search.backend" else ""
+            return (f"search.{section}: options of the {section} backend, but {backend_from} is "
+                    f"{backend}{default}; remove search.{section} or set search.backend: {section}")
+    return None
+
+
 class SearchSpec(Frozen):
     """Which backend proposes candidates, how many, and what one trial may cost.
 
     A trial that raises, diverges (NaN loss), or goes over ``trial_timeout_s``
     or ``trial_memory_mb`` is recorded FAIL with its reason, never enters the
     Pareto front, and the search goes on, e.g.
-    ``search: {trials: 50, trial_timeout_s: 600, trial_memory_mb: 4000}``.
+    ``search: {trials: 50, trial_timeout_s: 600, trial_memory_mb: 4000}``;
+    unless the first ``stop_after_failures`` trials all fail alike (see there).
+    Options of one backend sit under its name: ``search.optuna``, ``search.ray``.
     """
 
     backend: Literal["optuna", "ray"] = "optuna"
@@ -104,25 +169,29 @@ class SearchSpec(Frozen):
     timeout_s: Optional[float] = Field(None, gt=0)
     concurrency: int = Field(1, ge=1, le=256)
     seed: int = 0
-    #: optuna: None = a JournalStorage file in the run directory; or an RDB URL (postgresql://...)
-    storage: Optional[str] = None
-    #: ray: scheduler on accuracy (asha stops weak proxy trainings early; needs proxy_training)
-    scheduler: Optional[Literal["asha"]] = None
-    #: ray: resources of one trial, e.g. {cpu: 1}
-    resources: dict[str, float] = Field(default_factory=lambda: {"cpu": 1})
-    #: ray: None = a private local cluster on loopback; "auto" or host:port = an existing cluster
-    address: Optional[str] = None
-    #: ray: CPUs of the private local cluster (None = all)
-    num_cpus: Optional[int] = Field(None, ge=1)
-    #: ray: times a trial whose worker or node died is run again before it is recorded FAIL
-    #: (kept from the search's start on --resume)
-    max_failures: int = Field(1, ge=0, le=100)
     #: wall-clock limit of one trial's accuracy evaluation; over it the trial is FAIL ("timeout")
     trial_timeout_s: Optional[float] = Field(None, gt=0)
     #: memory limit (resident, MB) of the process evaluating one trial's accuracy; over it the
     #: trial is FAIL ("out of memory"). Either limit runs accuracy in a watched child process
     #: (kept across trials, restarted after a kill); None for both = in process, no overhead
     trial_memory_mb: Optional[int] = Field(None, gt=0)
+    #: the breaker: when the first N trials a search (or a --resume) finishes all FAIL with the
+    #: same reason, the experiment cannot run as given; the search stops with that reason and the
+    #: finished trials are kept for --resume after the fix. 0 or None = never stop
+    stop_after_failures: Optional[int] = Field(3, ge=0)
+    optuna: OptunaOptions = OptunaOptions()
+    ray: RayOptions = RayOptions()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_flat_backend_options(cls, data):
+        """(The other backend's section is refused where a user's file or option comes in,
+        :func:`experiment_from_dict` and :func:`override_search`: a dumped spec holds both.)"""
+        if isinstance(data, dict):
+            moved = [k for k in BACKEND_KEYS if k in data]
+            if moved:
+                raise ValueError(f"{moved[0]}: moved to search.{BACKEND_KEYS[moved[0]]}.{moved[0]}")
+        return data
 
     @model_validator(mode="after")
     def _some_budget(self):
@@ -130,6 +199,18 @@ class SearchSpec(Frozen):
             raise ValueError("give 'trials' or 'timeout_s' (or both)")
         return self
 
+
+def override_search(spec: SearchSpec, *, trials: Optional[int] = None, backend: Optional[str] = None) -> SearchSpec:
+    """``spec`` with the command line's ``--trials`` / ``--backend``; the other backend's section is refused."""
+    raw = spec.model_dump(exclude_unset=True)
+    raw.update({k: v for k, v in (("trials", trials), ("backend", backend)) if v})
+    err = search_layout_error(raw, "--backend" if backend else "search.backend")
+    if err:
+        raise ExperimentError(err)
+    try:
+        return SearchSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ExperimentError(one_line(exc, "search")) from None
 
 
 DEFAULT_BASELINES = (
@@ -216,8 +297,8 @@ class Experiment(Frozen):
         bad = set(self.reference_point) - set(self.objectives)
         if bad:
             raise ValueError(f"reference_point names {sorted(bad)}, which are not objectives")
-        if self.search.scheduler == "asha" and self.accuracy.method != "proxy_training":
-            raise ValueError("search.scheduler asha needs accuracy.method proxy_training "
+        if self.search.ray.scheduler == "asha" and self.accuracy.method != "proxy_training":
+            raise ValueError("search.ray.scheduler asha needs accuracy.method proxy_training "
                              "(it stops trainings by their per-epoch accuracy)")
         return self
 
@@ -246,12 +327,14 @@ class Experiment(Frozen):
 
     def fingerprint(self) -> str:
         """Hash of what decides the search: resuming checks it. The output folder, the cluster
-        address, the budget (trials, time, concurrency) and the per-trial limits may change,
-        e.g. to extend a run."""
+        address, the budget (trials, time, concurrency), the per-trial limits and the breaker
+        may change, e.g. to extend a run."""
         d = self.model_dump(mode="json", exclude={"output", "base_dir", "retrain"})
-        for k in ("address", "trials", "timeout_s", "concurrency", "max_failures", "trial_timeout_s",
-                  "trial_memory_mb"):
+        for k in ("trials", "timeout_s", "concurrency", "trial_timeout_s", "trial_memory_mb",
+                  "stop_after_failures"):
             d["search"].pop(k, None)
+        for k in ("address", "max_failures"):
+            d["search"]["ray"].pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -291,12 +374,35 @@ def _resolve_paths(data: dict, base: Path) -> dict:
     return d
 
 
+def upgrade_search_layout(data: dict) -> dict:
+    """``data`` (an experiment mapping) with flat backend options moved into their section.
+
+    Only for experiments this tool itself stored in a run folder before the options were
+    nested (``experiment.json``), so that such runs still report, export and resume; a user's
+    file with flat options is refused with the new place instead.
+    """
+    search = data.get("search")
+    if not isinstance(search, dict) or not any(k in search for k in BACKEND_KEYS):
+        return data
+    search = dict(search)
+    moved = {"optuna": {}, "ray": {}}
+    for key, section in BACKEND_KEYS.items():
+        if key in search:
+            moved[section][key] = search.pop(key)
+    backend = search.get("backend", "optuna")
+    search[backend] = {**moved[backend], **search.get(backend, {})}  # the other backend's defaults go
+    return {**data, "search": search}
+
+
 def experiment_from_dict(data: Any, source: str = "experiment", base_dir: str | Path = ".") -> Experiment:
     if not isinstance(data, dict):
         raise ExperimentError(f"{source}: expected a mapping with keys space, data, accuracy, latency, "
                               f"search, ... (got {type(data).__name__})")
     if "base_dir" in data:
         raise ExperimentError(f"{source}: base_dir: unknown key")
+    layout = search_layout_error(data.get("search"))
+    if layout:
+        raise ExperimentError(f"{source}: {layout}")
     try:
         exp = Experiment.model_validate(_resolve_paths(data, Path(base_dir).resolve()))
     except ValidationError as exc:

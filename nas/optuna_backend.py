@@ -95,12 +95,12 @@ def make_storage(exp: Experiment, run_dir: Path):
 
     if storage_kind(exp) == "journal":
         return JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
-    return optuna.storages.RDBStorage(exp.search.storage)  # (run() builds the StudyLock first: it checks the driver)
+    return optuna.storages.RDBStorage(exp.search.optuna.storage)  # (run() builds the StudyLock first: it checks the driver)
 
 
 def storage_kind(exp: Experiment) -> str:
     """journal (the default), sqlite or postgresql: the storages :class:`StudyLock` can lock."""
-    url = exp.search.storage
+    url = exp.search.optuna.storage
     if url is None:
         return "journal"
     for kind in ("sqlite", "postgresql"):
@@ -131,7 +131,7 @@ class StudyLock:
     """
 
     def __init__(self, exp: Experiment, run_dir: Path):
-        url, kind = exp.search.storage, storage_kind(exp)
+        url, kind = exp.search.optuna.storage, storage_kind(exp)
         self.engine = self.path = None
         if kind == "journal":
             self.path = Path(run_dir) / ".claim.lock"
@@ -353,7 +353,7 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool,
     run_dir = Path(run_dir)
     with StudyLock(exp, run_dir).held():  # one creator, one recovery, one seeding at a time
         study = open_study(exp, run_dir, create=True)
-        if resume and exp.search.storage is None:
+        if resume and exp.search.optuna.storage is None:
             # only our own journal: a shared database's RUNNING trials may be other machines' live ones
             _recover_interrupted(study)
         if not study.user_attrs.get("seeded"):

@@ -185,7 +185,7 @@ def trainable(config: dict, exp: Experiment = None, run_dir: str = "", lut=None,
     in_space = [(n, a) for n, a in seed_archs if ctx.space.contains(a)]
     seed = in_space[number][0] if number < len(in_space) else None
     arch = ctx.space.decode(config)
-    cb = _report_epoch if exp.search.scheduler == "asha" else None
+    cb = _report_epoch if exp.search.ray.scheduler == "asha" else None
     rec = evaluate_candidate(arch, ctx, number=number, seed=seed, trial_id=trial_id, callback=cb)
     tune.report({"final": True, "state": rec.state, "accuracy": rec.accuracy, "accuracy_epoch": rec.accuracy, "latency_ms": rec.latency_ms,
                  "params": rec.params, "macs": rec.macs,
@@ -386,7 +386,7 @@ def init_ray(address: Optional[str], exp: Experiment) -> bool:
                                   f"resource; start the target device's node with "
                                   f"--resources='{{\"{LATENCY_RESOURCE}\": 1}}'")
         return True
-    start_private_cluster(exp.search.num_cpus, {LATENCY_RESOURCE: 1})  # loopback only
+    start_private_cluster(exp.search.ray.num_cpus, {LATENCY_RESOURCE: 1})  # loopback only
     return True
 
 
@@ -420,7 +420,8 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] 
         # out-of-space seeds: evaluated as Ray tasks before the search (not told to the sampler)
         done = {r.trial_id for r in read_records(run_dir)}
         seed_recs = []
-        remote = ray.remote(_seed_task).options(num_cpus=exp.search.resources.get("cpu", 1))
+        res = exp.search.ray.resources
+        remote = ray.remote(_seed_task).options(num_cpus=res.cpu, num_gpus=res.gpu)
         for i, (nm, arch) in enumerate(exp.seed_architectures()):
             if not space.contains(arch) and f"seed-{i}" not in done:
                 seed_recs.append(remote.remote(exp.model_dump_json(), str(run_dir), lut, i, nm, arch.to_dict()))
@@ -437,8 +438,7 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] 
             on_records(read_records(run_dir))
 
         fn = tune.with_parameters(trainable, exp=exp, run_dir=str(run_dir), lut=lut)
-        res = {k: v for k, v in exp.search.resources.items()}
-        fn = tune.with_resources(fn, {"cpu": res.pop("cpu", 1), "gpu": res.pop("gpu", 0), **res})
+        fn = tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu})
         cb_cls = RecordsCallback
         if resume and Path(path).is_dir():
             tune_state.repair(path)
@@ -455,7 +455,7 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] 
                 sampler=make_sampler(exp.search.sampler, exp.search.seed, exp.search.trials),
                 constraint_key="latency_ms" if exp.latency.budget_ms is not None else None)
             scheduler = None
-            if exp.search.scheduler == "asha":
+            if exp.search.ray.scheduler == "asha":
                 from ray.tune.schedulers import ASHAScheduler
 
                 epochs = int(exp.accuracy.train.get("epochs", 1))
@@ -468,7 +468,7 @@ def run(exp: Experiment, run_dir: Path, *, resume: bool, address: Optional[str] 
                                             max_concurrent_trials=exp.search.concurrency,
                                             time_budget_s=exp.search.timeout_s, reuse_actors=True),
                 run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[callback],
-                                          failure_config=tune.FailureConfig(max_failures=2 * exp.search.max_failures)),
+                                          failure_config=tune.FailureConfig(max_failures=2 * exp.search.ray.max_failures)),
             )
         if callback is not None:
             callback.on_records = on_records

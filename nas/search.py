@@ -22,8 +22,9 @@ from typing import Optional
 from search_space.io import atomic_write_json
 
 from . import records as R
-from .experiment import Experiment, ExperimentError
+from .experiment import Experiment, ExperimentError, upgrade_search_layout
 from .objective import SearchContext, prepare
+from .preflight import preflight
 
 
 def run_experiment_file(run_dir: str | Path) -> Experiment:
@@ -31,7 +32,7 @@ def run_experiment_file(run_dir: str | Path) -> Experiment:
     p = Path(run_dir) / "experiment.json"
     if not p.is_file():
         raise ExperimentError(f"{run_dir}: not a search run directory (no experiment.json)")
-    return Experiment.model_validate(json.loads(p.read_text())["experiment"])
+    return Experiment.model_validate(upgrade_search_layout(json.loads(p.read_text())["experiment"]))
 
 
 def prepare_run_dir(exp: Experiment, run_dir: Path, resume: bool) -> None:
@@ -40,8 +41,7 @@ def prepare_run_dir(exp: Experiment, run_dir: Path, resume: bool) -> None:
         if not resume:
             raise ExperimentError(f"{run_dir} already holds a search; pass --resume to continue it, "
                                   f"or set another output folder")
-        old = json.loads(meta.read_text())
-        if old.get("fingerprint") != exp.fingerprint():
+        if run_experiment_file(run_dir).fingerprint() != exp.fingerprint():
             raise ExperimentError(f"{run_dir}: the experiment changed since this run started "
                                   f"(search settings differ); resume with the same file or use another output")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -131,6 +131,7 @@ def run_search(exp: Experiment, *, resume: bool = False, address: str | None = N
     """Run ``exp`` end to end; ``address`` overrides ``search.address`` (Ray backend)."""
     t0 = time.time()
     run_dir = Path(exp.output)
+    preflight(exp, resume=resume, address=address)  # nothing is written before this passes
     prepare_run_dir(exp, run_dir, resume)
     prepare(exp, progress=progress)
     bar = Progress(exp, progress)
@@ -144,7 +145,7 @@ def run_search(exp: Experiment, *, resume: bool = False, address: str | None = N
         else:
             from . import ray_backend
 
-            ray_backend.run(exp, run_dir, resume=resume, address=address or exp.search.address,
+            ray_backend.run(exp, run_dir, resume=resume, address=address or exp.search.ray.address,
                             on_records=bar)
     finally:
         bar.close()

@@ -77,7 +77,7 @@ def assert_kept(before: list[dict], after: list[dict]) -> None:
 
 @needs_namespaces
 def test_worker_node_killed_mid_trial_the_trial_is_retried(tmp_path):
-    exp = experiment(tmp_path, "retry", trials=4, concurrency=2, max_failures=1)
+    exp = experiment(tmp_path, "retry", trials=4, concurrency=2, ray={"max_failures": 1})
     cluster = LoopbackCluster(tmp_path, search(exp), head={"cpus": 1, "resources": DEVICE}, workers=[{"cpus": 1}])
 
     def kill_mid_trial(c):
@@ -103,7 +103,7 @@ def test_worker_node_killed_mid_trial_the_trial_is_retried(tmp_path):
 @needs_namespaces
 def test_latency_actor_node_killed_the_actor_moves_to_the_other_device_node(tmp_path):
     # two nodes offer latency_device and run trials; the head only drives
-    exp = experiment(tmp_path, "move", trials=6, concurrency=2, max_failures=0)
+    exp = experiment(tmp_path, "move", trials=6, concurrency=2, ray={"max_failures": 0})
     node = {"cpus": 1, "resources": DEVICE}
     cluster = LoopbackCluster(tmp_path, search(exp), head={"cpus": 0}, workers=[node, node])
 

@@ -179,7 +179,7 @@ def test_storage_url_errors_are_one_line(tmp_path, cli):
     pytest.importorskip("psycopg2", reason="psycopg2 (the test extra's PostgreSQL driver) is not installed")
     for i, (url, says) in enumerate([("mysql://u@127.0.0.1/db", "is not a postgresql:// or sqlite:/// URL"),
                                      (f"postgresql+psycopg2://u@127.0.0.1:{_free_port()}/db", "cannot connect to")]):
-        r = cli("search", tiny_experiment(tmp_path, name="bad", storage=url, output=f"run{i}"), "--json",
+        r = cli("search", tiny_experiment(tmp_path, name="bad", optuna={"storage": url}, output=f"run{i}"), "--json",
                 cwd=tmp_path)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr[-2000:]
 
@@ -191,7 +191,7 @@ def test_workers_with_own_run_dirs_on_postgresql_run_exactly_the_budget(tmp_path
     for i in range(WORKERS):
         d = tmp_path / f"machine{i}"
         d.mkdir()
-        exps.append(tiny_experiment(d, name="pg", trials=TRIALS, storage=postgres_url))
+        exps.append(tiny_experiment(d, name="pg", trials=TRIALS, optuna={"storage": postgres_url}))
     wait_all(start_workers(exps, tmp_path), tmp_path)
     trials = study_trials("pg", postgres_url)
     for e in exps:  # each wrote what had finished when it stopped: a subset, each record once

@@ -38,7 +38,7 @@ def ray_experiment(tmp, lut_path, **kw):
 def test_ray_search_sigkill_then_resume(tmp_path, lut_path):
     # 2 trials at a time, each 2 epochs of proxy training on 300 digits images; ASHA stops weak ones
     exp = ray_experiment(tmp_path, lut_path, name="rk", trials=10, budget_ms=1.0, concurrency=2,
-                         scheduler="asha", seeds=["shufflenet_v2_x0_5_cifar"],
+                         ray={"scheduler": "asha"}, seeds=["shufflenet_v2_x0_5_cifar"],
                          accuracy={"method": "proxy_training", "subset": 300,
                                    "train": {"epochs": 2, "batch_size": 64, "threads": 1}})
     run_dir = tmp_path / "run"

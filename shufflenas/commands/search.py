@@ -22,7 +22,7 @@ from ..output import emit, table
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (no progress bar)")
 def search(experiment, resume, address, output, trials, backend, no_onnx, as_json):
     """Search the experiment's space for the best accuracy at each latency; export and report the front."""
-    from nas.experiment import load_experiment
+    from nas.experiment import load_experiment, override_search
     from nas.search import run_search
 
     exp = load_experiment(experiment)
@@ -30,8 +30,7 @@ def search(experiment, resume, address, output, trials, backend, no_onnx, as_jso
     if output:
         changes["output"] = str(output.resolve())
     if trials or backend:
-        changes["search"] = exp.search.model_copy(update={k: v for k, v in
-                                                          (("trials", trials), ("backend", backend)) if v})
+        changes["search"] = override_search(exp.search, trials=trials, backend=backend)
     if changes:
         exp = exp.model_copy(update=changes)
     res = run_search(exp, resume=resume, address=address, progress=not as_json, onnx=not no_onnx)
