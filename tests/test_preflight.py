@@ -1,0 +1,350 @@
+"""Preflight: an experiment that is valid as a file but cannot run here is refused before its first trial,
+with one line naming the field, and nothing is created; one that can run passes in seconds.
+
+The command-line view of the same (exit 2, no run folder) is in tests/test_bad_inputs.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_SPACE
+
+CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+# ---- tiny files in the official formats (also used by tests/test_bad_inputs.py) --------------------
+
+
+def fake_cifar(tmp: Path, name: str = "cifar-10-python.tar.gz", skip: str | None = None) -> Path:
+    """A CIFAR-10 archive in the official layout with 4 images per batch (``skip``: one batch left out)."""
+    p = tmp / name
+    rng = np.random.default_rng(0)
+    with tarfile.open(p, "w:gz") as tar:
+        for batch in CIFAR_BATCHES:
+            if batch == skip:
+                continue
+            raw = pickle.dumps({"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3]},
+                               protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{batch}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return p
+
+
+def truncated(path: Path, keep: float = 0.6) -> Path:
+    """``path`` cut to ``keep`` of its length, as a broken download or copy leaves it."""
+    data = path.read_bytes()
+    out = path.with_name("cut_" + path.name)
+    out.write_bytes(data[:int(len(data) * keep)])
+    return out
+
+
+def fake_idx(folder: Path, n: int = 6) -> Path:
+    """The four Fashion-MNIST idx files (.gz), ``n`` 28x28 images per split."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix in ("train", "t10k"):
+        images = struct.pack(">IIII", 2051, n, 28, 28) + bytes(n * 28 * 28)
+        labels = struct.pack(">II", 2049, n) + bytes(i % 10 for i in range(n))
+        (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(images))
+        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    return folder
+
+
+def fake_lut(tmp: Path, *, threads: int = 1, drop: int = 0, name: str = "lut.json") -> Path:
+    """A lookup table for TINY_SPACE (made-up times) built for ``threads``, ``drop`` entries left out."""
+    from evaluators.latency import LatencyLUT, LatencyTarget
+    from evaluators.latency.lut import space_blocks
+    from search_space import SearchSpace
+
+    space = SearchSpace.from_yaml(TINY_SPACE)
+    keys = list(space_blocks(space))
+    lut = LatencyLUT(LatencyTarget(threads=threads), {k: {"median_ms": 0.01} for k in keys[drop:]},
+                     space=space.to_dict(), meta={"space_name": "tiny", "blocks_in_space": len(keys),
+                                                  "complete": drop == 0})
+    return lut.save(tmp / name)
+
+
+def fake_supernet(tmp: Path, space_yaml: str = TINY_SPACE, data: str = "digits", epochs: int = 1,
+                  name: str = "supernet.pt") -> Path:
+    """An (untrained) supernet checkpoint of ``space_yaml`` saved as trained for ``epochs`` on ``data``."""
+    from evaluators.supernet import Supernet, SupernetConfig, save_checkpoint
+    from search_space import SearchSpace
+
+    return save_checkpoint(tmp / name, Supernet(SearchSpace.from_yaml(space_yaml)), SupernetConfig(epochs=epochs),
+                           epoch=epochs, data=data)
+
+
+def raw_experiment(tmp: Path, **changes) -> dict:
+    exp = {"name": "pre", "space": yaml.safe_load(TINY_SPACE), "data": "digits", "search": {"trials": 2},
+           "output": str(tmp / "new_run")}
+    exp.update(changes)
+    return exp
+
+
+def check(tmp: Path, *, resume: bool = False, address: str | None = None, **changes):
+    """preflight() on TINY_SPACE with ``changes``; asserts the run folder was not created."""
+    from nas.experiment import experiment_from_dict
+    from nas.preflight import preflight
+
+    exp = experiment_from_dict(raw_experiment(tmp, **changes), base_dir=tmp)
+    existed = Path(exp.output).exists()
+    try:
+        preflight(exp, resume=resume, address=address)
+    finally:
+        assert Path(exp.output).exists() == existed, "preflight created the run folder"
+
+
+def refused(tmp: Path, field: str, *words: str, **kw) -> str:
+    from nas.preflight import PreflightError
+
+    with pytest.raises(PreflightError) as info:
+        check(tmp, **kw)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(field), msg
+    for w in words:
+        assert w in msg, f"{msg!r} lacks {w!r}"
+    return msg
+
+
+# ---- what passes -------------------------------------------------------------------------------------
+
+
+def test_a_runnable_experiment_passes_and_creates_nothing(tmp_path):
+    check(tmp_path, accuracy={"method": "proxy_training", "train": {"epochs": 1}}, seeds=["shufflenet_v2_x0_5_cifar"],
+          retrain={"baselines": ["shufflenet_v2_x0_5_cifar"], "train": {"epochs": 1}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_quickstart_passes():
+    from nas.experiment import load_experiment
+    from nas.preflight import preflight
+
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml")
+    before = Path(exp.output).exists()
+    preflight(exp, resume=False, address=None)
+    assert Path(exp.output).exists() == before
+
+
+# ---- data ----------------------------------------------------------------------------------------------
+
+
+def test_cifar_archive_whole_passes_truncated_or_incomplete_refused(tmp_path):
+    from nas.preflight import check_data
+
+    good = fake_cifar(tmp_path)
+    assert check_data(f"cifar10:{good}") == 10
+    assert check_data(f"cifar10:{tmp_path}") == 10  # a folder holding the archive
+    refused(tmp_path, "data:", "corrupt or truncated", data=f"cifar10:{truncated(good)}")
+    refused(tmp_path, "data:", "missing data_batch_3", data=f"cifar10:{fake_cifar(tmp_path, 'x.tar.gz', 'data_batch_3')}")
+    refused(tmp_path, "data:", "not found", data=f"cifar10:{tmp_path / 'nonexistent' / 'x.tar.gz'}")
+
+
+def test_cifar_archive_with_a_flipped_byte_fails_its_checksum(tmp_path):
+    good = fake_cifar(tmp_path)
+    data = bytearray(good.read_bytes())
+    data[-12] ^= 0xFF  # inside the deflate stream's end or the CRC trailer: only a full read notices
+    bad = tmp_path / "flipped.tar.gz"
+    bad.write_bytes(bytes(data))
+    refused(tmp_path, "data:", "flipped.tar.gz", data=f"cifar10:{bad}")
+
+
+def test_extracted_cifar_folder_is_checked_too(tmp_path):
+    from nas.preflight import check_data
+
+    with tarfile.open(fake_cifar(tmp_path)) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    assert check_data(f"cifar10:{tmp_path / 'x'}") == 10
+    (tmp_path / "x" / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
+    refused(tmp_path, "data:", "test_batch", "not a CIFAR-10 batch", data=f"cifar10:{tmp_path / 'x'}")
+
+
+def test_idx_files_are_read_whole(tmp_path):
+    from nas.preflight import check_data
+
+    folder = fake_idx(tmp_path / "fm")
+    assert check_data(f"fashion-mnist:{folder}") == 10
+    img = folder / "t10k-images-idx3-ubyte.gz"
+    img.write_bytes(gzip.compress(gzip.decompress(img.read_bytes())[:-100]))  # a cut image file
+    refused(tmp_path, "data:", "truncated idx file", data=f"fashion-mnist:{folder}")
+    (folder / "train-labels-idx1-ubyte.gz").unlink()
+    refused(tmp_path, "data:", "missing train-labels", data=f"fashion-mnist:{folder}")
+
+
+def test_image_folder_needs_two_classes_of_readable_images(tmp_path):
+    from PIL import Image
+
+    from nas.preflight import check_data
+
+    root = tmp_path / "imgs"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / cls / "a.png")
+    assert check_data(f"folder:{root}") == 2
+    (root / "dog" / "b.png").write_bytes(b"no png")
+    refused(tmp_path, "data:", "b.png", data=f"folder:{root}")
+    (root / "dog" / "b.png").unlink()
+    (root / "dog" / "a.png").unlink()
+    (root / "dog").rmdir()
+    refused(tmp_path, "data:", "1 class folder", data=f"folder:{root}")
+
+
+def test_classes_of_the_space_must_match_the_data_when_training(tmp_path):
+    space = {**yaml.safe_load(TINY_SPACE), "num_classes": 100}
+    refused(tmp_path, "space.num_classes", "100", "10 classes", space=space,
+            accuracy={"method": "proxy_training"})
+    check(tmp_path, space=space, accuracy={"method": "proxy_training", "options": {"adapt_classes": True}})
+    check(tmp_path, space=space)  # zero-cost scores need no matching classifier
+
+
+# ---- accuracy settings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("train,words", [
+    ({"epochs": 0}, ["accuracy.train", "epochs=0"]),
+    ({"lr": -0.1}, ["accuracy.train", "lr=-0.1"]),
+    ({"optimizer": "adam"}, ["accuracy.train", "optimizer='adam'"]),
+    ({"epoch": 2}, ["accuracy.train.epoch", "unknown setting", "epochs"]),
+])
+def test_training_settings_are_those_the_trainer_accepts(tmp_path, train, words):
+    refused(tmp_path, words[0], *words[1:], accuracy={"method": "proxy_training", "train": train})
+
+
+def test_evaluator_options_and_proxy_names(tmp_path):
+    refused(tmp_path, "accuracy.proxy", "snipp", "synflow", accuracy={"method": "zero_cost", "proxy": "snipp"})
+    refused(tmp_path, "accuracy.options.batchsize", "unknown option", "batch_size",
+            accuracy={"method": "zero_cost", "options": {"batchsize": 8}})
+    refused(tmp_path, "accuracy.options.seed", "set by the experiment",
+            accuracy={"method": "proxy_training", "options": {"seed": 3}})
+    check(tmp_path, accuracy={"method": "zero_cost", "options": {"batch_size": 8}})
+
+
+def test_supernet_checkpoint_must_hold_the_space_and_dataset(tmp_path):
+    check(tmp_path, accuracy={"method": "supernet", "checkpoint": str(fake_supernet(tmp_path))})
+    smaller = TINY_SPACE.replace("channels: [16, 24]", "channels: [16]")
+    refused(tmp_path, "accuracy.checkpoint", "does not contain", "stages.0.channels [24]",
+            accuracy={"method": "supernet", "checkpoint": str(fake_supernet(tmp_path, smaller, name="s.pt"))})
+    refused(tmp_path, "accuracy.checkpoint", "trained on fashion-mnist",
+            accuracy={"method": "supernet",
+                      "checkpoint": str(fake_supernet(tmp_path, data="fashion-mnist", name="f.pt"))})
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    refused(tmp_path, "accuracy.checkpoint", "junk.pt", accuracy={"method": "supernet",
+                                                                  "checkpoint": str(tmp_path / "junk.pt")})
+    # a checkpoint whose training resumes must be of this very space, trained with these settings
+    refused(tmp_path, "accuracy.supernet_train", "other settings",
+            accuracy={"method": "supernet", "checkpoint": str(fake_supernet(tmp_path)),
+                      "supernet_train": {"epochs": 3, "lr": 0.5}})
+    refused(tmp_path, "accuracy.supernet_train", "epochs", accuracy={
+        "method": "supernet", "checkpoint": str(tmp_path / "absent.pt"), "supernet_train": {"epochs": 0}})
+
+
+# ---- latency ---------------------------------------------------------------------------------------------
+
+
+def test_cuda_target_without_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    refused(tmp_path, "latency.target", "CUDA is not available", latency={"target": {"device": "cuda"}})
+
+
+def test_runtime_must_be_installed(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    refused(tmp_path, "latency.target.runtime", "pip install onnxruntime")
+    check(tmp_path, latency={"target": {"runtime": "eager"}})
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("CXX", raising=False)
+    refused(tmp_path, "latency.target.runtime", "C++ compiler", latency={"target": {"runtime": "compile"}})
+
+
+def test_target_and_protocol_settings(tmp_path):
+    refused(tmp_path, "latency.target", "devise", latency={"target": {"devise": "cpu"}})
+    refused(tmp_path, "latency.target", "threads", latency={"target": {"threads": 4096}})
+    refused(tmp_path, "latency.target", "clock cpu", latency={"target": {"threads": 2}, "protocol": {"clock": "cpu"}})
+
+
+def test_lut_must_match_target_and_cover_space_and_seeds(tmp_path):
+    lat = {"mode": "lut", "target": {"threads": 1}}
+    check(tmp_path, latency={**lat, "lut": str(fake_lut(tmp_path))})
+    refused(tmp_path, "latency.lut", "another target", "threads=1",
+            latency={**lat, "lut": str(fake_lut(tmp_path, threads=2, name="t2.json"))})
+    refused(tmp_path, "latency.lut", "lacks 3 of the", latency={**lat, "lut": str(fake_lut(tmp_path, drop=3,
+                                                                                           name="part.json"))})
+    refused(tmp_path, "seeds: shufflenet_v2_x0_5_cifar", "lookup table lacks",
+            latency={**lat, "lut": str(fake_lut(tmp_path))}, seeds=["shufflenet_v2_x0_5_cifar"])
+    # no table yet: it will be built for the space, which the seed is outside of
+    refused(tmp_path, "seeds: shufflenet_v2_x0_5_cifar", "lookup table lacks",
+            latency={**lat, "lut": str(tmp_path / "later.json")}, seeds=["shufflenet_v2_x0_5_cifar"])
+
+
+# ---- seeds and retraining ----------------------------------------------------------------------------------
+
+
+def test_seeds_must_fit_the_data_and_the_supernet(tmp_path):
+    refused(tmp_path, "seeds: shufflenet_v2_x0_5", "num_classes 1000", seeds=["shufflenet_v2_x0_5"],
+            accuracy={"method": "proxy_training"})
+    refused(tmp_path, "seeds: shufflenet_v2_x0_5_cifar", "outside the supernet's space",
+            seeds=["shufflenet_v2_x0_5_cifar"],
+            accuracy={"method": "supernet", "checkpoint": str(fake_supernet(tmp_path))})
+    check(tmp_path, seeds=["shufflenet_v2_x0_5"])  # zero-cost: any seed can be scored
+
+
+def test_retrain_settings(tmp_path):
+    refused(tmp_path, "retrain.train", "epochs=0", retrain={"train": {"epochs": 0}})
+    refused(tmp_path, "retrain.baselines: shufflenet_v2_x0_5", "num_classes 1000",
+            retrain={"baselines": ["shufflenet_v2_x0_5"]})
+
+
+# ---- run folder, storage, limits, Ray ---------------------------------------------------------------------
+
+
+def test_output_must_be_a_creatable_folder(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    refused(tmp_path, "output", "is a file", output=str(tmp_path / "afile"))
+    refused(tmp_path, "output", "afile is a file", output=str(tmp_path / "afile" / "run"))
+
+
+def test_storage_must_be_reachable(tmp_path):
+    msg = refused(tmp_path, "search.optuna.storage", "cannot connect", "127.0.0.1:1",
+                  search={"trials": 2, "optuna": {"storage": "postgresql://me:secret@127.0.0.1:1/db"}})
+    assert "secret" not in msg
+    refused(tmp_path, "search.optuna.storage", "does not exist or is not writable",
+            search={"trials": 2, "optuna": {"storage": f"sqlite:///{tmp_path}/nope/s.db"}})
+    (tmp_path / "text.db").write_text("hello, not a database")
+    refused(tmp_path, "search.optuna.storage", "not a SQLite database",
+            search={"trials": 2, "optuna": {"storage": f"sqlite:///{tmp_path}/text.db"}})
+    check(tmp_path, search={"trials": 2, "optuna": {"storage": f"sqlite:///{tmp_path}/s.db"}})
+    assert not (tmp_path / "s.db").exists()  # checked, not created
+
+
+def test_memory_limit_needs_proc(tmp_path, monkeypatch):
+    import nas.preflight
+
+    monkeypatch.setattr(nas.preflight, "memory_limit_supported", lambda: False)
+    refused(tmp_path, "search.trial_memory_mb", "/proc", search={"trials": 2, "trial_memory_mb": 500})
+
+
+def test_address_is_for_the_ray_backend_and_must_be_reachable(tmp_path):
+    refused(tmp_path, "--address", "ray backend only", address="127.0.0.1:6379")
+    refused(tmp_path, "--address", "cannot reach", "127.0.0.1:1", address="127.0.0.1:1",
+            search={"trials": 2, "backend": "ray"})
+
+
+def test_private_ray_cluster_has_the_gpus_trials_ask_for(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    refused(tmp_path, "search.ray.resources.gpu", "1 GPU", "has 0",
+            search={"trials": 2, "backend": "ray", "ray": {"resources": {"cpu": 1, "gpu": 1}}})
+    refused(tmp_path, "search.ray.resources.cpu", "64 CPU",
+            search={"trials": 2, "backend": "ray", "ray": {"resources": {"cpu": 64}, "num_cpus": 2}})
+    check(tmp_path, search={"trials": 2, "backend": "ray", "ray": {"resources": {"cpu": 1}}})
