@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from conftest import TINY_SPACE
+from test_preflight import fake_cifar, fake_idx, fake_lut, fake_supernet, truncated
 from shufflenas.cli import main
 
 
@@ -182,3 +183,117 @@ def test_bad_input(desc, argv, words, workdir, tmp_path, capsys):
 
 def test_there_are_at_least_40_kinds():
     assert len(CASES) >= 40
+
+
+# --- valid schema, cannot run: refused by the preflight before the first trial (issue 14) ---------------
+# Each experiment is a valid file whose every trial would fail (or whose run could not start) on this
+# machine. Before the preflight, the first three searched all 25 trials, each FAIL, and exited 0.
+
+
+def fresh(tmp: Path, name: str = "exp.yaml", **changes) -> Path:
+    """An experiment whose run folder (tmp/new_run) does not exist yet."""
+    return experiment(tmp, name, output=str(tmp / "new_run"), **changes)
+
+
+def no_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+
+
+def proxy(**train) -> dict:
+    return {"method": "proxy_training", "train": {"epochs": 1, **train}}
+
+
+CANNOT_RUN = [
+    # the three of the issue
+    ("dataset archive that does not exist", lambda t: ["search", fresh(t, data="cifar10:/nonexistent/x.tar.gz")],
+     "data: /nonexistent/x.tar.gz: not found"),
+    ("latency on CUDA without CUDA", lambda t: no_cuda() or ["search", fresh(
+        t, latency={"target": {"device": "cuda"}})], "latency.target: device cuda"),
+    ("zero training epochs", lambda t: ["search", fresh(t, accuracy=proxy(epochs=0))], "accuracy.train"),
+    # ten and more of our own
+    ("truncated dataset archive", lambda t: ["search", fresh(
+        t, data=f"cifar10:{truncated(fake_cifar(t))}")], "data: "),
+    ("dataset archive without a training batch", lambda t: ["search", fresh(
+        t, data=f"cifar10:{fake_cifar(t, skip='data_batch_2')}")], "missing data_batch_2"),
+    ("idx dataset folder missing a file", lambda t: ["search", fresh(t, data=f"fashion-mnist:{fm_without_labels(t)}")],
+     "missing train-labels"),
+    ("misspelt training setting", lambda t: ["search", fresh(t, accuracy=proxy(epoch=2))], "accuracy.train.epoch"),
+    ("negative learning rate", lambda t: ["search", fresh(t, accuracy=proxy(lr=-0.01))], "accuracy.train"),
+    ("unknown zero-cost proxy", lambda t: ["search", fresh(t, accuracy={"method": "zero_cost", "proxy": "snipp"})],
+     "accuracy.proxy"),
+    ("unknown evaluator option", lambda t: ["search", fresh(
+        t, accuracy={"method": "zero_cost", "options": {"batchsize": 8}})], "accuracy.options.batchsize"),
+    ("space with 100 classes on a 10-class dataset", lambda t: ["search", fresh(
+        t, space={**yaml.safe_load(TINY_SPACE), "num_classes": 100}, accuracy=proxy())], "space.num_classes"),
+    ("seed with 1000 classes on a 10-class dataset", lambda t: ["search", fresh(
+        t, seeds=["shufflenet_v2_x0_5"], accuracy=proxy())], "seeds: shufflenet_v2_x0_5"),
+    ("lookup table of another target", lambda t: ["search", fresh(
+        t, latency={"mode": "lut", "lut": str(fake_lut(t, threads=2))})], "latency.lut"),
+    ("lookup table of part of the space", lambda t: ["search", fresh(
+        t, latency={"mode": "lut", "lut": str(fake_lut(t, drop=5))})], "latency.lut"),
+    ("supernet checkpoint of another space", lambda t: ["search", fresh(t, accuracy={
+        "method": "supernet", "checkpoint": str(fake_supernet(t, TINY_SPACE.replace("[32, 48]", "[32]")))})],
+     "accuracy.checkpoint"),
+    ("supernet trained for zero epochs", lambda t: ["search", fresh(t, accuracy={
+        "method": "supernet", "checkpoint": str(t / "new.pt"), "supernet_train": {"epochs": 0}})],
+     "accuracy.supernet_train"),
+    ("unreachable database", lambda t: ["search", fresh(
+        t, search={"trials": 2, "optuna": {"storage": "postgresql+psycopg2://u:pw@127.0.0.1:1/db"}})], "search.optuna.storage"),
+    ("SQLite file in a folder that does not exist", lambda t: ["search", fresh(
+        t, search={"trials": 2, "optuna": {"storage": f"sqlite:///{t}/nowhere/s.db"}})], "search.optuna.storage"),
+    ("trials asking for a GPU the machine lacks", lambda t: no_cuda() or ["search", fresh(
+        t, search={"trials": 2, "backend": "ray", "ray": {"resources": {"gpu": 1}}})], "search.ray.resources.gpu"),
+    ("--address with the optuna backend", lambda t: ["search", fresh(t), "--address", "127.0.0.1:6379"],
+     "--address"),
+    ("Ray cluster address nobody listens on", lambda t: ["search", fresh(
+        t, search={"trials": 2, "backend": "ray"}), "--address", "127.0.0.1:1"], "--address"),
+    ("run folder path through a file", lambda t: ["search", experiment(
+        t, output=str(w(t, "afile", "x") / "run"))], "output"),
+    ("run with retraining for zero epochs", lambda t: ["run", fresh(t, retrain={"train": {"epochs": 0}})],
+     "retrain.train"),
+    ("retrain baseline with 1000 classes", lambda t: ["run", fresh(t, retrain={"baselines": ["shufflenet_v2_x1_0"]})],
+     "retrain.baselines: shufflenet_v2_x1_0"),
+]
+
+
+def fm_without_labels(tmp: Path) -> Path:
+    folder = fake_idx(tmp / "fm")
+    (folder / "train-labels-idx1-ubyte.gz").unlink()
+    return folder
+
+
+@pytest.mark.parametrize("desc,argv,words", CANNOT_RUN, ids=[c[0] for c in CANNOT_RUN])
+def test_cannot_run_is_refused_before_the_first_trial(desc, argv, words, workdir, tmp_path, capsys):
+    run = workdir / "existing_run"
+    before = snapshot(run)
+    rc = main([str(a) for a in argv(tmp_path)])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc == 2, f"{desc}: exit {rc}, stderr {err[-500:]!r}"
+    assert len(lines) == 1 and lines[0].startswith("shufflenas: error:"), f"{desc}: {err[-800:]!r}"
+    assert words in lines[0], f"{desc}: {lines[0]!r} does not name {words!r}"
+    assert not (tmp_path / "new_run").exists() and not (tmp_path / "afile").is_dir(), f"{desc}: run folder created"
+    assert snapshot(run) == before
+
+
+def test_there_are_ten_more_than_the_issues_three():
+    assert len(CANNOT_RUN) >= 13
+
+
+def test_resume_that_cannot_run_leaves_the_run_byte_identical(tmp_path, capsys):
+    """A run whose dataset lost a file since it started: --resume is refused and the run is untouched."""
+    from nas.experiment import load_experiment
+    from nas.search import prepare_run_dir
+
+    folder = fake_idx(tmp_path / "fm")
+    path = fresh(tmp_path, data=f"fashion-mnist:{folder}")
+    prepare_run_dir(load_experiment(path), tmp_path / "new_run", resume=False)
+    (tmp_path / "new_run" / "trials.jsonl").write_text('{"number": 0, "state": "COMPLETE"}\n')
+    before = snapshot(tmp_path / "new_run")
+    (folder / "t10k-images-idx3-ubyte.gz").unlink()
+    assert main(["search", str(path), "--resume"]) == 2
+    assert "data: " in capsys.readouterr().err
+    assert snapshot(tmp_path / "new_run") == before

@@ -316,7 +316,7 @@ def test_output_must_be_a_creatable_folder(tmp_path):
 
 def test_storage_must_be_reachable(tmp_path):
     msg = refused(tmp_path, "search.optuna.storage", "cannot connect", "127.0.0.1:1",
-                  search={"trials": 2, "optuna": {"storage": "postgresql://me:secret@127.0.0.1:1/db"}})
+                  search={"trials": 2, "optuna": {"storage": "postgresql+psycopg2://me:secret@127.0.0.1:1/db"}})
     assert "secret" not in msg
     refused(tmp_path, "search.optuna.storage", "does not exist or is not writable",
             search={"trials": 2, "optuna": {"storage": f"sqlite:///{tmp_path}/nope/s.db"}})
