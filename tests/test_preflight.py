@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import pickle
+import shlex
 import struct
 import sys
 import tarfile
@@ -348,3 +350,45 @@ def test_private_ray_cluster_has_the_gpus_trials_ask_for(tmp_path):
     refused(tmp_path, "search.ray.resources.cpu", "64 CPU",
             search={"trials": 2, "backend": "ray", "ray": {"resources": {"cpu": 64}, "num_cpus": 2}})
     check(tmp_path, search={"trials": 2, "backend": "ray", "ray": {"resources": {"cpu": 1}}})
+
+
+CLUSTER_SCRIPT = """
+import json, sys
+from nas.experiment import experiment_from_dict
+from nas.preflight import PreflightError, preflight
+
+out = {}
+for name, raw in json.loads(open(sys.argv[2]).read()).items():
+    try:
+        preflight(experiment_from_dict(raw, base_dir=sys.argv[3]), resume=False, address=sys.argv[1])
+        out[name] = "ok"
+    except PreflightError as exc:
+        out[name] = str(exc)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_cluster_offers_the_latency_device_and_the_trials_resources(tmp_path):
+    """A real one-node Ray cluster on loopback (tests/loopback_cluster.py) offering 1 CPU, no GPU and no
+    ``latency_device``: measured latency needs that node, trials asking for a GPU cannot be placed."""
+    from loopback_cluster import LoopbackCluster, namespaces_work
+
+    if namespaces_work() is not None:
+        pytest.skip(namespaces_work())
+    ray_search = {"trials": 2, "backend": "ray"}
+    lut = {"mode": "lut", "lut": str(fake_lut(tmp_path)), "remeasure_front": False}
+    cases = {"measured": raw_experiment(tmp_path, search=ray_search),
+             "gpu": raw_experiment(tmp_path, latency=lut, search={**ray_search, "ray": {"resources": {"gpu": 1}}}),
+             "fits": raw_experiment(tmp_path, latency=lut, search=ray_search)}
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    (tmp_path / "check.py").write_text(CLUSTER_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    command = (f"PYTHONPATH={shlex.quote(str(root))} {sys.executable} check.py $ADDRESS cases.json "
+               f"{shlex.quote(str(tmp_path))} >result.json 2>check.log")
+    rc, out = LoopbackCluster(tmp_path, command, head={"cpus": 1}, workers=[]).run()
+    assert rc == 0, out + (tmp_path / "check.log").read_text()[-2000:]
+    got = json.loads((tmp_path / "result.json").read_text())
+    assert got["measured"].startswith("--address: no node of the Ray cluster") and "latency_device" in got["measured"]
+    assert got["gpu"].startswith("search.ray.resources: no alive node") and "GPU 1" in got["gpu"]
+    assert got["fits"] == "ok"
