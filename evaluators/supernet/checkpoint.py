@@ -21,6 +21,19 @@ from .network import Supernet, SupernetError
 FORMAT = "shufflenas-supernet/1"
 
 
+def space_differences(want: dict, have: dict, path: str = "") -> list[str]:
+    """``field: value (checkpoint: value)`` for every field where space dict ``want`` differs from ``have``."""
+    if isinstance(want, dict) and isinstance(have, dict):
+        out = []
+        for k in sorted(set(want) | set(have), key=str):
+            out += space_differences(want.get(k), have.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    if isinstance(want, list) and isinstance(have, list) and len(want) == len(have) and \
+            all(isinstance(v, dict) for v in want + have):
+        return [d for i, (a, b) in enumerate(zip(want, have)) for d in space_differences(a, b, f"{path}.{i}")]
+    return [] if want == have else [f"{path}={want} (checkpoint: {have})"]
+
+
 def save_checkpoint(path: str | Path, supernet: Supernet, config: SupernetConfig, *, epoch: int,
                     optimizer: dict | None = None, history: list | None = None, data: str = "") -> Path:
     path = Path(path)
@@ -69,5 +82,5 @@ def load_supernet(path: str | Path) -> Supernet:
         net.load_state_dict(state["state_dict"], strict=True)
     except RuntimeError as exc:
         raise SupernetError(f"{path}: weights do not match the stored space ({str(exc).splitlines()[0][:160]})") from None
-    net.config, net.epoch, net.history = config, state["epoch"], state["history"]
+    net.config, net.epoch, net.history, net.data = config, state["epoch"], state["history"], state.get("data", "")
     return net.eval()

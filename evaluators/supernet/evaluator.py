@@ -8,83 +8,105 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from search_space import Architecture
+from search_space import Architecture, SearchSpace
 
 from ..base import AccuracyResult, EpochCallback
+from ..device import Placement, placement
 from .bn import recalibrate_bn
-from .network import Supernet, extract_subnet
+from .checkpoint import load_supernet, space_differences
+from .config import SupernetConfig
+from .data import check_same_dataset, fixed_batches, load_data
+from .network import Supernet, SupernetError, extract_subnet
 
-
-def _fixed_batches(data, n_batches: int | None, batch_size: int, *, shuffle: bool, seed: int, mean, std):
-    """The first ``n_batches`` (all if None) normalised batches of ``data``, kept in memory for reuse."""
-    from evaluators.data import batches
-
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for b in batches(data, batch_size, shuffle=shuffle, augment=False, generator=gen, mean=mean, std=std):
-        if n_batches is not None and len(out) >= n_batches:
-            break
-        out.append(b)
-    return out
+#: Default BatchNorm recalibration set: 20 batches of 64, what the evaluator used before it was counted in images.
+BN_IMAGES = 1280
 
 
 @torch.no_grad()
-def _accuracy(model, val_batches) -> tuple[float, float]:
+def _accuracy(model, val_batches, place: Placement) -> tuple[float, float]:
     model.eval()
     correct = seen = 0
     loss = 0.0
     for x, y in val_batches:
-        logits = model(x)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        x, y = place.inputs(x), y.to(place.device)
+        with place.autocast():
+            logits = model(x)
+        loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
     return correct / max(1, seen), loss / max(1, seen)
 
 
-def score_model(supernet: Supernet, arch: Architecture, data, *, bn_batches: int, batch_size: int,
-                seed: int = 0) -> tuple[float, float]:
-    """(val accuracy, val loss) of ``arch`` with inherited weights after BN recalibration."""
+def _recalibrated(model, bn_batches, place: Placement):
+    """``model`` on the device with BN statistics re-estimated on ``bn_batches`` (kept as trained if empty)."""
+    model = place.module(model)
+    if not bn_batches:  # 0 images: the running statistics the supernet kept while training (all paths mixed)
+        return model.eval()
+    with place.autocast():
+        return recalibrate_bn(model, [place.inputs(x) for x, _ in bn_batches])
+
+
+def score_model(supernet: Supernet, arch: Architecture, data, *, bn_images: int, batch_size: int,
+                seed: int = 0, place: Placement | None = None) -> tuple[float, float]:
+    """(val accuracy, val loss) of ``arch`` with inherited weights after BN recalibration on ``bn_images``."""
+    place = place or placement("cpu")
     model = extract_subnet(supernet, arch)
-    recalibrate_bn(model, _fixed_batches(data.train, bn_batches, batch_size, shuffle=True, seed=seed,
-                                         mean=data.mean, std=data.std))
-    return _accuracy(model, _fixed_batches(data.val, None, 256, shuffle=False, seed=seed,
-                                           mean=data.mean, std=data.std))
+    bn = fixed_batches(data.train, bn_images, batch_size, shuffle=True, seed=seed, mean=data.mean, std=data.std)
+    val = fixed_batches(data.val, None, 256, shuffle=False, seed=seed, mean=data.mean, std=data.std)
+    return _accuracy(_recalibrated(model, bn, place), val, place)
 
 
 class SupernetEvaluator:
     """AccuracyEvaluator backed by a trained supernet: no training per candidate.
 
-    The same ``bn_batches`` training batches (seeded, not augmented) re-estimate
-    every candidate's BatchNorm statistics, then accuracy is measured on the
-    validation split (its first ``val_subset`` images if given). ``callback`` is
-    accepted for the protocol but never called: there are no epochs.
+    The same ``bn_images`` training images (seeded, not augmented, in batches of
+    ``batch_size``) re-estimate every candidate's BatchNorm statistics (0: keep
+    the statistics the supernet tracked while training), then accuracy is
+    measured on the validation split (its first ``val_subset`` images if given).
+    ``bn_batches`` is the older way to say ``bn_images = bn_batches * batch_size``.
+    ``space``, if given, must be the space the supernet was trained on, and
+    ``data`` the dataset (else a one-line SupernetError naming the difference).
+    ``device``/``amp``/``channels_last``: see :mod:`evaluators.device`.
+    ``callback`` is accepted for the protocol but never called: there are no epochs.
     """
 
     name = "supernet"
 
-    def __init__(self, checkpoint: str | Path | Supernet, data, *, bn_batches: int = 20, batch_size: int = 64,
-                 val_subset: int | None = None, seed: int = 0, threads: int | None = None):
-        from .checkpoint import load_supernet
-
+    def __init__(self, checkpoint: str | Path | Supernet, data, *, bn_images: int | None = None,
+                 bn_batches: int | None = None, batch_size: int = 64, val_subset: int | None = None,
+                 seed: int = 0, threads: int | None = None, device: str = "auto", amp: str = "auto",
+                 channels_last: str = "auto", space: SearchSpace | None = None):
+        if bn_images is not None and bn_batches is not None:
+            raise SupernetError("give bn_images or bn_batches, not both")
+        if min(bn_images or 0, bn_batches or 0) < 0:
+            raise SupernetError("bn_images / bn_batches must be >= 0")
         self.checkpoint = str(checkpoint) if not isinstance(checkpoint, Supernet) else None
         self.supernet = checkpoint if isinstance(checkpoint, Supernet) else load_supernet(checkpoint)
         self.supernet.eval()
-        self._data, self.bn_batches, self.batch_size = data, bn_batches, batch_size
+        where = self.checkpoint or "the supernet"
+        if space is not None:
+            diff = space_differences(space.to_dict(), self.supernet.space.to_dict())
+            if diff:
+                raise SupernetError(f"{where} was trained for another space than {space.name!r}: "
+                                    f"{'; '.join(diff[:3])}; train a supernet for this space")
+        check_same_dataset(getattr(self.supernet, "data", ""), data, where)
+        self.bn_images = bn_images if bn_images is not None else (
+            bn_batches * batch_size if bn_batches is not None else BN_IMAGES)
+        self._data, self.batch_size = data, batch_size
         self.val_subset, self.seed, self.threads = val_subset, seed, threads
+        self.place = placement(device, amp, channels_last)
         self._bn = self._val = None
 
     def _prepare(self) -> None:
         if self._bn is not None:
             return
-        from .config import SupernetConfig
-        from .train import load_data
-
         cfg = getattr(self.supernet, "config", SupernetConfig())
         data = load_data(self._data, self.supernet.space, cfg)
         val = data.val if self.val_subset is None else data.val.subset(torch.arange(min(self.val_subset, len(data.val))))
-        self._bn = _fixed_batches(data.train, self.bn_batches, self.batch_size, shuffle=True, seed=self.seed,
-                                  mean=data.mean, std=data.std)
-        self._val = _fixed_batches(val, None, 256, shuffle=False, seed=self.seed, mean=data.mean, std=data.std)
+        on = lambda bs: [(self.place.inputs(x), y.to(self.place.device)) for x, y in bs]  # moved once, reused
+        self._bn = on(fixed_batches(data.train, self.bn_images, self.batch_size, shuffle=True, seed=self.seed,
+                                    mean=data.mean, std=data.std))
+        self._val = on(fixed_batches(val, None, 256, shuffle=False, seed=self.seed, mean=data.mean, std=data.std))
 
     def evaluate(self, arch: Architecture, callback: EpochCallback | None = None) -> AccuracyResult:
         if self.threads:
@@ -92,8 +114,10 @@ class SupernetEvaluator:
         self.supernet.check(arch)
         self._prepare()
         t0 = time.perf_counter()
-        model = recalibrate_bn(extract_subnet(self.supernet, arch), self._bn)
-        acc, loss = _accuracy(model, self._val)
+        model = _recalibrated(extract_subnet(self.supernet, arch), self._bn, self.place)
+        acc, loss = _accuracy(model, self._val, self.place)
         return AccuracyResult(accuracy=acc, loss=loss, seconds=time.perf_counter() - t0, epochs=0,
                               extra={"evaluator": "supernet", "checkpoint": self.checkpoint,
-                                     "bn_batches": len(self._bn), "val_images": sum(len(y) for _, y in self._val)})
+                                     "bn_images": sum(len(y) for _, y in self._bn),
+                                     "val_images": sum(len(y) for _, y in self._val),
+                                     **self.place.describe()})

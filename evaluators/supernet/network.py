@@ -240,11 +240,12 @@ class Supernet(nn.Module):
         """The sampled network's ``state_dict`` as views/gathers of the shared tensors (autograd flows back)."""
         _, plan = self._plan(arch)
         out = {}
+        device = next(iter(self.weights.values())).device
         for sl in plan:
             full = self._full(sl.role)
-            if full is None:  # affine-free BN: scale 1, shift 0
+            if full is None:  # affine-free BN: scale 1, shift 0 (on the supernet's device)
                 leaf = sl.role.rsplit(".", 1)[1]
-                out[sl.subnet_key] = (torch.ones if leaf == "weight" else torch.zeros)(sl.shape)
+                out[sl.subnet_key] = (torch.ones if leaf == "weight" else torch.zeros)(sl.shape, device=device)
             else:
                 out[sl.subnet_key] = _take(full, sl)
         return out

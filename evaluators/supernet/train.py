@@ -1,4 +1,20 @@
-"""Training the supernet: one uniformly sampled path per step (SPOS), resumable per epoch."""
+"""Training the supernet, in one process or as one of several distributed workers, resumable per epoch.
+
+A step trains the paths :meth:`PathSampler.step_paths` names: one uniformly
+sampled path (SPOS), or the sandwich (largest on the labels, then smallest and
+random paths on the largest's soft labels, BigNAS's in-place distillation;
+the loss is AttentiveNAS's soft cross-entropy), gradients summed over the
+paths before one SGD step. The learning rate warms up linearly and is annealed
+to 0 at the last step of the whole planned budget (``config.epochs``), so a
+run that is stopped and resumed follows the same schedule (SPOS decays
+linearly over its total iterations; cosine is the default here).
+
+The same :class:`SupernetRun` serves every worker of a distributed run (see
+:mod:`evaluators.supernet.distributed`): paths are drawn from generators seeded
+by the step, batches are shards of one seeded global batch, and gradients are
+averaged with one all-reduce per step, so one worker computes exactly what
+the single-process trainer does.
+"""
 
 from __future__ import annotations
 
@@ -6,151 +22,225 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-from search_space import Architecture, SearchSpace, profile
+from search_space import SearchSpace
 
-from .checkpoint import read_checkpoint, save_checkpoint
+from .checkpoint import read_checkpoint, save_checkpoint, space_differences
 from .config import SupernetConfig
+from .data import check_same_dataset, load_data, train_batches
+from ..device import placement
+from .evaluator import score_model
 from .network import Supernet, SupernetError
+from .sampling import PathSampler
 
 
-class PathSampler:
-    """Uniform choice per dimension from a torch.Generator, optionally kept inside a MACs band."""
-
-    def __init__(self, space: SearchSpace, flops_band: Optional[tuple[float, float]] = None,
-                 max_tries: int = 2000):
-        self.space, self.band, self.max_tries = space, flops_band, max_tries
-
-    def sample(self, gen: torch.Generator) -> Architecture:
-        for _ in range(self.max_tries):
-            arch = self.space.decode({d.name: d.choices[int(torch.randint(len(d.choices), (1,), generator=gen))]
-                                      for d in self.space.open_dimensions})
-            if self.band is None or self.band[0] <= profile(arch).macs <= self.band[1]:
-                return arch
-        lo, hi = self.band
-        raise SupernetError(f"no architecture with MACs in [{lo:.4g}, {hi:.4g}] found in {self.max_tries} "
-                            f"samples of space {self.space.name!r}; widen --flops-band")
-
-
-def load_data(data, space: SearchSpace, config: SupernetConfig):
-    """``data`` as DataSplits at the space's input size (a spec string is loaded here)."""
-    from evaluators.data import load_dataset
-
-    if isinstance(data, str):
-        data = load_dataset(data, input_size=space.spec.input_size, in_channels=space.spec.in_channels,
-                            subset=config.subset, val_fraction=config.val_fraction, seed=config.seed)
-    if data.num_classes != space.spec.num_classes:
-        raise SupernetError(f"dataset {data.name} has {data.num_classes} classes but space {space.name!r} "
-                            f"has num_classes {space.spec.num_classes}; fix num_classes in the space file")
-    if (data.input_size, data.in_channels) != (space.spec.input_size, space.spec.in_channels):
-        raise SupernetError(f"dataset {data.name} is {data.in_channels}x{data.input_size}x{data.input_size}, "
-                            f"space {space.name!r} expects {space.spec.in_channels}x{space.spec.input_size}"
-                            f"x{space.spec.input_size}; load it at the space's input size")
-    return data
-
-
-def _lr(config: SupernetConfig, step: int, total: int) -> float:
+def lr_at(config: SupernetConfig, step: int, total: int) -> float:
+    """Learning rate at ``step`` of ``total``: linear warm-up, then cosine or linear to 0 at the last step."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    t = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    t = min(1.0, (step - config.warmup_steps + 1) / max(1, total - config.warmup_steps))
+    return config.lr * (0.5 * (1 + math.cos(math.pi * t)) if config.schedule == "cosine" else 1.0 - t)
+
+
+def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a distribution (AttentiveNAS's KLLossSoft, up to the teacher's entropy)."""
+    return -(soft_targets * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def flat_all_reduce_mean(grads: list[torch.Tensor], world: int) -> None:
+    """Average ``grads`` over the process group in one collective (flattened, then copied back)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def check_resumable(state: dict, space: SearchSpace, config: SupernetConfig, data, where: str) -> None:
+    """One-line SupernetError unless checkpoint dict ``state`` is a run of ``space``, ``config`` and ``data``."""
+    diff = space_differences(space.to_dict(), state["space"])
+    if diff:
+        raise SupernetError(f"{where} holds a supernet of another space ({'; '.join(diff[:3])}); "
+                            f"choose another --out or delete it")
+    stored = SupernetConfig.from_dict(state["config"])
+    if not stored.same_run(config):
+        raise SupernetError(f"{where} was trained with other settings ({'; '.join(config.differences(stored))}); "
+                            f"choose another --out or delete it")
+    check_same_dataset(state.get("data", ""), data, where)
+
+
+class SupernetRun:
+    """One training run's weights, optimizer, sampler and schedule, for one worker of ``world``.
+
+    Why not DistributedDataParallel: each step trains a different path (and the
+    sandwich runs several backward passes per step), so DDP would need
+    ``find_unused_parameters=True`` (a graph traversal every backward) and
+    ``no_sync`` around all but the last path. Every worker draws the same paths,
+    so the same parameters have gradients everywhere, and one flattened
+    all-reduce after the last backward gives the averaged gradient DDP would.
+    """
+
+    def __init__(self, space: SearchSpace, data, config: SupernetConfig, *, rank: int = 0, world: int = 1,
+                 device: torch.device | str | None = None):
+        self.space, self.data, self.config = space, data, config
+        self.rank, self.world = rank, world
+        self.place = placement(config.device if device is None else str(device), config.amp, config.channels_last)
+        self.device = self.place.device
+        if self.device.type != "cpu" and not data.train.x.is_cuda and self.place.holds(
+                data.train.nbytes + data.val.nbytes):
+            data = self.data = data.to(self.device)  # a dataset that fits lives on the GPU: no copy per batch
+        if config.batch_size % world:
+            raise SupernetError(f"batch size {config.batch_size} does not split evenly over {world} workers; "
+                                f"use a multiple of {world}")
+        torch.manual_seed(config.seed)  # same initial weights in every worker
+        self.net = self.place.module(Supernet(space, affine_bn=config.affine_bn))
+        self.scaler = self.place.scaler()  # fp16 only
+        params = list(self.net.weights.values())
+        self.opt = torch.optim.SGD([{"params": [p for p in params if p.dim() > 1], "weight_decay": config.weight_decay},
+                                    {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}],
+                                   lr=config.lr, momentum=config.momentum, nesterov=True)
+        self.sampler = PathSampler.from_config(space, config)
+        self.steps_per_epoch = len(data.train) // config.batch_size
+        if self.steps_per_epoch < 1:
+            raise SupernetError(f"training split has {len(data.train)} images, fewer than one batch of "
+                                f"{config.batch_size}; lower --batch-size or raise --subset")
+        self.total = self.steps_per_epoch * config.epochs
+        self.epoch, self.history = 0, []
+
+    # ---- state --------------------------------------------------------------
+    def load_state(self, state: dict, where: str) -> None:
+        """Continue from checkpoint dict ``state`` (refused if another space, config or dataset)."""
+        check_resumable(state, self.space, self.config, self.data, where)
+        self.net.load_state_dict(state["state_dict"])
+        if state["optimizer"] is not None:
+            self.opt.load_state_dict(state["optimizer"])
+        self.epoch, self.history = state["epoch"], list(state["history"])
+
+    def save(self, path: str | Path) -> Path:
+        return save_checkpoint(path, self.net, self.config, epoch=self.epoch, optimizer=self.opt.state_dict(),
+                               history=self.history, data=self.data.name)
+
+    # ---- training -------------------------------------------------------------
+    def step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> dict:
+        cfg = self.config
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(cfg, step, self.total)
+        self.opt.zero_grad(set_to_none=True)
+        soft, out = None, {"loss": 0.0, "paths": 0}
+        for role, arch in self.sampler.step_paths(cfg, step, self.total):
+            with self.place.autocast():
+                logits = self.net(x, arch).float()
+            if soft is not None and role != "largest":
+                loss = soft_cross_entropy(logits, soft)
+            else:
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise SupernetError(f"supernet loss became {loss.item()} at step {step + 1} ({role} path); "
+                                    f"lower the learning rate (--lr)")
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+            if role == "largest" and cfg.strategy == "sandwich" and cfg.distill:
+                soft = logits.detach().softmax(1)
+            out["loss"] += loss.item()
+            out["paths"] += 1
+            out[f"{role}_correct"] = out.get(f"{role}_correct", 0) + int((logits.argmax(1) == y).sum())
+            out[f"{role}_seen"] = out.get(f"{role}_seen", 0) + len(y)
+        grads = [p.grad for p in self.net.weights.values() if p.grad is not None]
+        if self.world > 1:  # before unscaling: every worker then sees the same infs and skips the same steps
+            flat_all_reduce_mean(grads, self.world)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(grads, cfg.grad_clip)
+        if self.scaler is None:
+            self.opt.step()
+        else:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        return out
+
+    def train_epoch(self, progress: Optional[Callable[[dict], None]] = None) -> dict:
+        """Train epoch ``self.epoch + 1``; returns (and appends to history) its record, summed over workers."""
+        self.net.train()
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        for i, (x, y) in enumerate(train_batches(self.data, self.config, self.epoch, rank=self.rank,
+                                                 world=self.world)):
+            out = self.step(self.place.inputs(x), y.to(self.device, non_blocking=True),
+                            self.epoch * self.steps_per_epoch + i)
+            out["loss"] *= len(y) / out["paths"]
+            out["images"] = len(y)
+            for k, v in out.items():
+                if k != "paths":
+                    sums[k] = sums.get(k, 0.0) + v
+            if progress is not None:
+                progress(sums)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            keys = sorted(sums)
+            t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t)
+            sums = dict(zip(keys, t.tolist()))
+        seconds = time.perf_counter() - t0
+        role = "random" if "random_seen" in sums else "largest"
+        self.epoch += 1
+        record = {"epoch": self.epoch, "train_loss": sums["loss"] / sums["images"],
+                  "train_acc": sums[f"{role}_correct"] / sums[f"{role}_seen"],
+                  "seconds": seconds, "images": int(sums["images"]), "images_per_s": sums["images"] / seconds,
+                  "workers": self.world, "lr_end": lr_at(self.config, self.epoch * self.steps_per_epoch - 1,
+                                                         self.total)}
+        if "largest_seen" in sums and role != "largest":
+            record["largest_train_acc"] = sums["largest_correct"] / sums["largest_seen"]
+        self.history.append(record)
+        return record
 
 
 def train_supernet(space: SearchSpace, data, config: SupernetConfig = SupernetConfig(), *,
                    out: str | Path, progress: bool = True, callback=None) -> Path:
-    """Train a :class:`Supernet` of ``space`` and save it to ``out`` after every epoch.
+    """Train a :class:`Supernet` of ``space`` in this process and save it to ``out`` after every epoch.
 
-    If ``out`` already holds a checkpoint of the same space and config, training
-    resumes after its last finished epoch (each epoch's batches and paths are
-    drawn from generators seeded by (seed, epoch), so a resumed run equals an
-    uninterrupted one). ``callback(epoch, val_acc)`` gets the validation
-    accuracy of one fixed reference path (BN recalibrated); returning True stops.
+    If ``out`` already holds a checkpoint of the same space, dataset and config,
+    training resumes after its last finished epoch (batches, augmentation and
+    paths are drawn from generators seeded by the step, so a resumed run equals
+    an uninterrupted one bit for bit). ``callback(epoch, val_acc)`` gets the
+    validation accuracy of one fixed reference path (BN recalibrated); returning
+    True stops (the schedule stays the one planned for ``config.epochs``).
     """
-    from evaluators.data import batches
-
-    from .evaluator import score_model
-
     torch.set_num_threads(config.threads)
     out = Path(out)
     data = load_data(data, space, config)
-    torch.manual_seed(config.seed)
-    net = Supernet(space, affine_bn=config.affine_bn)
-    decay = [p for n, p in net.weights.items() if p.dim() > 1]
-    no_decay = [p for n, p in net.weights.items() if p.dim() <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=config.lr, momentum=config.momentum, nesterov=True)
-    start, history = 0, []
+    run = SupernetRun(space, data, config)
     if out.exists():
-        state = read_checkpoint(out)
-        if state["space"] != space.to_dict():
-            raise SupernetError(f"{out} holds a supernet of another space; choose another --out or delete it")
-        if not SupernetConfig.from_dict(state["config"]).same_run(config):
-            raise SupernetError(f"{out} was trained with other settings ({state['config']}); "
-                                f"choose another --out or delete it")
-        net.load_state_dict(state["state_dict"])
-        if state["optimizer"] is not None:
-            opt.load_state_dict(state["optimizer"])
-        start, history = state["epoch"], list(state["history"])
-    sampler = PathSampler(space, config.flops_band)
-    steps_per_epoch = len(data.train) // config.batch_size
-    if steps_per_epoch < 1:
-        raise SupernetError(f"training split has {len(data.train)} images, fewer than one batch of "
-                            f"{config.batch_size}; lower --batch-size or raise --subset")
-    total = steps_per_epoch * config.epochs
+        run.load_state(read_checkpoint(out), str(out))
     reference = space.sample(seed=config.seed)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=total, initial=start * steps_per_epoch, desc="supernet", unit="step",
+
+        bar = tqdm(total=run.total, initial=run.epoch * run.steps_per_epoch, desc="supernet", unit="step",
                    file=sys.stderr, dynamic_ncols=True)
     try:
-        for epoch in range(start, config.epochs):
-            t0 = time.perf_counter()
-            net.train()
-            data_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-            path_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch + 500_000)
-            seen = correct = 0
-            loss_sum = 0.0
-            for i, (x, y) in enumerate(batches(data.train, config.batch_size, shuffle=True,
-                                               augment=config.augment, generator=data_gen,
-                                               mean=data.mean, std=data.std, drop_last=True)):
-                step = epoch * steps_per_epoch + i
-                for g in opt.param_groups:
-                    g["lr"] = _lr(config, step, total)
-                arch = sampler.sample(path_gen)
-                logits = net(x, arch)
-                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise SupernetError(f"supernet loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
-                                        f"lower the learning rate (--lr)")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip:
-                    torch.nn.utils.clip_grad_norm_([p for p in net.weights.values() if p.grad is not None],
-                                                   config.grad_clip)
-                opt.step()
-                seen += len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                loss_sum += loss.item() * len(y)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-            record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                      "seconds": time.perf_counter() - t0}
+        while run.epoch < config.epochs:
+            def show(s, epoch=run.epoch + 1):
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{s['loss'] / s['images']:.3f}")
+
+            record = run.train_epoch(show if bar is not None else None)
             stop = False
             if callback is not None:
-                acc, _ = score_model(net, reference, data, bn_batches=10, batch_size=config.batch_size,
-                                     seed=config.seed)
+                acc, _ = score_model(run.net, reference, data, bn_images=10 * config.batch_size,
+                                     batch_size=config.batch_size, seed=config.seed, place=run.place)
                 record["reference_val_acc"] = acc
-                stop = bool(callback(epoch + 1, acc))
-            history.append(record)
-            save_checkpoint(out, net, config, epoch=epoch + 1, optimizer=opt.state_dict(), history=history,
-                            data=data.name)
+                stop = bool(callback(run.epoch, acc))
+            run.save(out)
             if stop:
                 break
     finally:
