@@ -202,7 +202,7 @@ def test_idx_corrupt_and_missing(tmp_path):
         load_raw(f"mnist:{tmp_path}")
 
 
-# ---- image folders ----------------------------------------------------------------------------
+# ---- image folders (streamed; the full set of tests is in test_folder_stream.py) ------------------
 def _png_tree(root, classes=("cat", "dog", "emu"), per_class=5):
     from PIL import Image
 
@@ -214,28 +214,21 @@ def _png_tree(root, classes=("cat", "dog", "emu"), per_class=5):
             Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(root / c / f"{i}.png")
 
 
-def test_image_folder_pool_and_train_test_layout(tmp_path):
-    _png_tree(tmp_path / "pool")
-    s = load_dataset(f"folder:{tmp_path / 'pool'}", input_size=16, val_fraction=0.25)
-    assert s.classes == ["cat", "dog", "emu"] and s.num_classes == 3 and s.train.flip
-    assert len(s.train) + len(s.val) + len(s.test) == 15 and len(s.test) == 3
-    assert s.train.x.shape[1:] == (3, 16, 16)
+def test_png_folder_with_a_test_split_named_test(tmp_path):
     _png_tree(tmp_path / "split" / "train")
-    _png_tree(tmp_path / "split" / "test", per_class=2)
-    s = load_dataset(f"folder:{tmp_path / 'split'}", input_size=8, in_channels=1)
-    assert len(s.test) == 6 and s.test.x.shape[1:] == (1, 8, 8)
+    _png_tree(tmp_path / "split" / "test", per_class=2)  # test/ is accepted in place of val/
+    s = load_dataset(f"folder:{tmp_path / 'split'}", input_size=8, in_channels=1, val_fraction=0.2)
+    assert s.classes == ["cat", "dog", "emu"] and (len(s.train), len(s.val), len(s.test)) == (12, 3, 6)
+    x, y = next(batches(s.test, 6, shuffle=False, augment=False, generator=None, mean=s.mean, std=s.std,
+                        workers=0))
+    assert x.shape == (6, 1, 8, 8) and y.tolist() == [0, 0, 1, 1, 2, 2]
 
 
-def test_image_folder_errors(tmp_path):
-    with pytest.raises(DataError, match="not a directory"):
-        load_raw(f"folder:{tmp_path / 'absent'}")
-    _png_tree(tmp_path / "one", classes=("only",))
-    with pytest.raises(DataError, match="found 1 class folder"):
-        load_raw(f"folder:{tmp_path / 'one'}")
-    _png_tree(tmp_path / "t")
-    (tmp_path / "t" / "dog" / "broken.png").write_bytes(b"\x89PNG but not really")
-    with pytest.raises(DataError, match="broken.png: not a readable image"):
-        load_raw(f"folder:{tmp_path / 't'}")
+def test_a_flat_class_folder_is_refused_with_the_layout_to_use(tmp_path):
+    """The pool layout (PATH/<class>/*) is no longer split by a hidden rule: it is a one-line error."""
+    _png_tree(tmp_path / "pool")
+    with pytest.raises(DataError, match="no train/ and val/ folder; expected the ImageNet layout"):
+        load_raw(f"folder:{tmp_path / 'pool'}")
 
 
 # ---- downloads (local file:// URLs only; tests never touch the network) -----------------------

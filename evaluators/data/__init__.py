@@ -1,4 +1,4 @@
-"""Datasets for proxy training, held in memory as uint8 tensors.
+"""Datasets for proxy training: held in memory as uint8 tensors, or streamed from an image folder.
 
 >>> from evaluators.data import load_dataset, batches
 >>> d = load_dataset("digits", input_size=32)          # 8x8 grey -> 32x32 RGB
@@ -7,7 +7,11 @@
 
 A dataset is named by one spec string (see :class:`DatasetSpec`). The
 validation split is held out of the official training set; the test split
-is only for a final check after a search.
+is only for a final check after a search. ``digits``, ``mnist``,
+``fashion-mnist`` and ``cifar10`` are small and held in memory
+(:class:`TensorData`); ``folder:PATH`` (ImageNet layout) is read from disk
+per batch (:class:`~.folder.ImageFiles`, see :mod:`.folder`). :func:`batches`
+serves both.
 """
 
 from __future__ import annotations
@@ -18,10 +22,29 @@ from typing import Optional
 import torch
 
 from .errors import DataError
+from .folder import ImageFiles, stream_batches
 from .spec import DatasetSpec
-from .tensors import DataSplits, RawDataset, TensorData, adapt, batches, channel_stats
+from .tensors import DataSplits, RawDataset, TensorData, adapt, channel_stats, tensor_batches
 
-__all__ = ["DatasetSpec", "DataSplits", "TensorData", "DataError", "load_dataset", "load_raw", "batches"]
+__all__ = ["DatasetSpec", "DataSplits", "TensorData", "ImageFiles", "DataError", "load_dataset", "load_raw",
+           "batches"]
+
+
+def batches(data: TensorData | ImageFiles, batch_size: int, *, shuffle: bool, augment: bool,
+            generator: Optional[torch.Generator], mean, std, drop_last: bool = False,
+            device: torch.device | str | None = None, workers: Optional[int] = None):
+    """Yield ``(normalised float images, int64 labels)`` batches of a split, on ``device``.
+
+    Order and augmentation draw from ``generator`` only (same seeded generator, same
+    batches). In-memory splits are batched where they live (``device=None``: there);
+    streamed ones are decoded by ``workers`` loader processes (None = one per spare core)
+    and land on ``device`` (default CPU), through pinned memory for CUDA.
+    """
+    if isinstance(data, ImageFiles):
+        return stream_batches(data, batch_size, shuffle=shuffle, augment=augment, generator=generator,
+                              mean=mean, std=std, drop_last=drop_last, device=device, workers=workers)
+    return tensor_batches(data, batch_size, shuffle=shuffle, augment=augment, generator=generator, mean=mean,
+                          std=std, drop_last=drop_last, device=device)
 
 
 def load_raw(spec: str | DatasetSpec, *, input_size: int = 32, in_channels: int = 3,
@@ -65,6 +88,11 @@ def load_dataset(spec: str | DatasetSpec, *, input_size: int, in_channels: int =
     n = len(raw.train) if subset is None else min(subset, len(raw.train))
     order = torch.randperm(len(raw.train), generator=torch.Generator().manual_seed(seed))[:n]
     n_val = round(n * val_fraction)
+    if isinstance(raw.train, ImageFiles):  # streamed: decoded at input_size per batch, stats from the index
+        mean, std = raw.stats
+        return DataSplits(name=str(DatasetSpec.parse(spec)), train=raw.train.subset(order[n_val:]),
+                          val=raw.train.subset(order[:n_val]), num_classes=len(raw.classes), mean=mean, std=std,
+                          classes=list(raw.classes), source_shape=(), _test=partial(_as_is, raw.test))
     train = adapt(raw.train.subset(order[n_val:]), input_size, in_channels)
     val = adapt(raw.train.subset(order[:n_val]), input_size, in_channels)
     mean, std = channel_stats(train)
@@ -73,3 +101,7 @@ def load_dataset(spec: str | DatasetSpec, *, input_size: int, in_channels: int =
                         source_shape=tuple(raw.train.x.shape[1:]),
                         _test=partial(adapt, raw.test, input_size, in_channels))
     return splits
+
+
+def _as_is(split):
+    return split
