@@ -7,7 +7,7 @@
 """
 
 from . import presets
-from .architecture import Architecture, Stage, Stem
+from .architecture import Architecture, Stage, Stem, Unit, UnitOverride
 from .blocks import HeadBlock, StemBlock, UnitBlock, blocks, iter_blocks
 from .builder import build_model
 from .cost import Profile, profile
@@ -15,7 +15,7 @@ from .errors import ArchitectureError, FileFormatError, ShuffleNASError, SpaceEr
 from .space import SearchSpace, builtin_spaces, load_space
 
 __all__ = [
-    "Architecture", "Stage", "Stem", "SearchSpace", "load_space", "builtin_spaces", "build_model", "presets", "profile", "Profile",
+    "Architecture", "Stage", "Stem", "Unit", "UnitOverride", "SearchSpace", "load_space", "builtin_spaces", "build_model", "presets", "profile", "Profile",
     "blocks", "iter_blocks", "StemBlock", "UnitBlock", "HeadBlock",
     "ShuffleNASError", "ArchitectureError", "SpaceError", "FileFormatError",
 ]

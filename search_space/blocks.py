@@ -1,19 +1,23 @@
-"""An Architecture unrolled into its blocks: stem, every unit, head.
+"""Blocks: what determines one block's module, cost and latency, and the rules for building it.
 
 A block config is everything that determines a block's module, cost and
-latency (type, stride, channels, split, groups, kernel, SE, activation and
-input resolution), so the builder, the cost model and the latency lookup
-table all key on the same objects.
+latency (type, stride, channels, split, groups, kernel, SE, activation, middle
+width and input resolution), so the builder, the cost model and the latency
+lookup table all key on the same objects. :func:`iter_blocks` unrolls an
+Architecture into them.
+
+This module sits below :mod:`search_space.architecture` (which imports it to
+check that a description builds) and imports nothing of the package's own.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Iterator, Union
+from typing import Iterator, Union
 
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .architecture import Architecture
+#: Unit types, and those with a channel split (identity branch + main branch, concat, shuffle).
+UNIT_TYPES = ("v1", "v2", "xception")
+SPLIT_UNITS = ("v2", "xception")
 
 
 def conv_out(size: int, kernel: int, stride: int) -> int:
@@ -53,7 +57,7 @@ class StemBlock:
 
 @dataclass(frozen=True)
 class UnitBlock:
-    unit: str  # "v1" | "v2"
+    unit: str  # "v1" | "v2" | "xception"
     stride: int
     in_channels: int
     out_channels: int
@@ -64,6 +68,7 @@ class UnitBlock:
     act: str
     resolution: int
     first_ungrouped: bool = False  # v1: the paper leaves the first 1x1 after the stem ungrouped
+    mid: int | None = None  # v2 / xception: width inside the main branch; None = the branch's output width
 
     kind = "unit"
 
@@ -71,31 +76,33 @@ class UnitBlock:
     def out_resolution(self) -> int:
         return conv_out(self.resolution, self.kernel, self.stride)
 
-    # v2 channel bookkeeping -------------------------------------------------
+    # channel bookkeeping of the split units (v2, xception) ----------------------
     @property
     def identity_channels(self) -> int:
-        """v2: channels on the identity (stride 1) or depthwise (stride 2) branch."""
+        """v2 / xception: channels on the identity (stride 1) or projection (stride 2) branch."""
         assert self.split is not None
         return int(round(self.out_channels * self.split))
 
     @property
     def branch_channels(self) -> int:
         """Output channels of the main branch (the one with the 1x1 convs)."""
-        if self.unit == "v2":
+        if self.unit in SPLIT_UNITS:
             return self.out_channels - self.identity_channels
         return self.out_channels - self.in_channels if self.stride == 2 else self.out_channels
 
     @property
     def branch_in_channels(self) -> int:
-        """Input channels of the main branch's first 1x1."""
-        if self.unit == "v2" and self.stride == 1:
+        """Input channels of the main branch."""
+        if self.unit in SPLIT_UNITS and self.stride == 1:
             return self.in_channels - self.identity_channels
         return self.in_channels
 
     @property
     def mid_channels(self) -> int:
-        """Width of the depthwise conv inside the main branch."""
-        return self.out_channels // 4 if self.unit == "v1" else self.branch_channels
+        """Width of the depthwise conv(s) between the main branch's 1x1 convs."""
+        if self.unit == "v1":
+            return self.out_channels // 4
+        return self.branch_channels if self.mid is None else self.mid
 
     @property
     def first_groups(self) -> int:
@@ -105,20 +112,23 @@ class UnitBlock:
         split = "-" if self.split is None else f"{self.split:g}"
         return (f"{self.unit}|s{self.stride}|in{self.in_channels}|out{self.out_channels}|sp{split}"
                 f"|g{self.groups}|k{self.kernel}|se{int(self.se)}|{self.act}|r{self.resolution}"
-                + ("|fu" if self.first_ungrouped else ""))
+                + ("|fu" if self.first_ungrouped else "") + ("" if self.mid is None else f"|m{self.mid}"))
 
     def problem(self) -> str | None:
         """Why this unit cannot be built, or None."""
         c, g = self.out_channels, self.groups
-        if self.unit == "v2":
+        if self.unit in SPLIT_UNITS:
             if c % 2:
-                return f"channels {c} is odd; a v2 unit shuffles channels in pairs, use an even number"
+                return f"channels {c} is odd; a {self.unit} unit shuffles channels in pairs, use an even number"
             ident, branch = self.identity_channels, self.branch_channels
             if ident < 1 or branch < 1:
                 return (f"split {self.split:g} of {c} channels leaves an empty branch "
                         f"({ident} identity / {branch} branch); use a split between "
                         f"{1 / c:.3f} and {1 - 1 / c:.3f}")
-            for what, n in (("branch input", self.branch_in_channels), ("branch", branch)):
+            widths = [("branch input", self.branch_in_channels), ("branch", branch)]
+            if self.mid is not None:
+                widths.append(("mid_channels", self.mid))
+            for what, n in widths:
                 if n % g:
                     return (f"groups {g} does not divide the {what} width {n} "
                             f"(channels {c}, split {self.split:g}); allowed groups: {_divisors(n)}")
@@ -159,43 +169,48 @@ def _divisors(n: int) -> str:
     return ", ".join(map(str, ds[:12])) + (", ..." if len(ds) > 12 else "")
 
 
-def iter_blocks(arch: "Architecture") -> Iterator[tuple[str, Block]]:
-    """Yield ``(module_path, block)`` in forward order; paths match the builder's modules."""
+def iter_blocks(arch) -> Iterator[tuple[str, Block]]:
+    """Yield ``(module_path, block)`` of an Architecture in forward order; paths match the builder's modules.
+
+    Reads only the description's plain fields and ``Stage.unit_list()`` (so this module needs no
+    import of :mod:`search_space.architecture`, which imports it).
+    """
     stem = StemBlock(arch.in_channels, arch.stem.channels, arch.stem.kernel, arch.stem.stride,
                      arch.stem.maxpool, arch.input_size)
     yield "conv1", stem
     res, cin = stem.out_resolution, stem.out_channels
     for si, st in enumerate(arch.stages):
-        for ui in range(st.depth):
-            stride = 2 if ui == 0 else 1
+        for ui, u in enumerate(st.unit_list()):
             unit = UnitBlock(
-                unit=st.unit, stride=stride, in_channels=cin, out_channels=st.channels,
-                split=st.split, groups=st.groups, kernel=st.kernel, se=st.se, act=st.act,
-                resolution=res, first_ungrouped=(st.unit == "v1" and si == 0 and ui == 0),
+                unit=u.unit, stride=2 if ui == 0 else 1, in_channels=cin, out_channels=st.channels,
+                split=u.split, groups=u.groups, kernel=u.kernel, se=u.se, act=u.act, resolution=res,
+                first_ungrouped=(u.unit == "v1" and si == 0 and ui == 0), mid=u.mid_channels,
             )
             yield f"stage{si + 2}.{ui}", unit
             res, cin = unit.out_resolution, st.channels
     yield "head", HeadBlock(cin, arch.head_channels, arch.num_classes, res)
 
 
-def blocks(arch: "Architecture") -> list[Block]:
+def blocks(arch) -> list[Block]:
     return [b for _, b in iter_blocks(arch)]
 
 
-def check_buildable(arch: "Architecture") -> None:
+def check_buildable(arch) -> None:
     """Raise a one-line ValueError naming the first field that makes ``arch`` unbuildable."""
     for path, b in iter_blocks(arch):
         if isinstance(b, StemBlock) and b.out_resolution < 1:
             raise ValueError(f"input_size {arch.input_size} is too small for the stem")
         if isinstance(b, UnitBlock):
-            where = f"stages[{int(path.split('.')[0][5:]) - 2}]"
+            stage, unit = path.split(".")
+            where = f"stages[{int(stage[5:]) - 2}]"
             if b.stride == 2 and b.resolution < 2:
                 raise ValueError(
                     f"{where}: input_size {arch.input_size} is already {b.resolution}x{b.resolution} "
                     f"before this stride-2 stage; raise input_size or remove a stage")
             why = b.problem()
             if why:
-                raise ValueError(f"{where}: {why}")
+                per_unit = arch.stages[int(stage[5:]) - 2].units is not None
+                raise ValueError(f"{where}{f'.units[{unit}]' if per_unit else ''}: {why}")
 
 
 def block_dict(b: Block) -> dict:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .architecture import Architecture
-from .blocks import Block, HeadBlock, StemBlock, conv_out, iter_blocks, se_channels
+from .blocks import SPLIT_UNITS, Block, HeadBlock, StemBlock, conv_out, iter_blocks, se_channels
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def block_ops(block: Block, prefix: str = "") -> list[Op]:
     x = b.in_channels * r * r  # the unit's input, alive until the unit's last op
     g, mid, out = b.groups, b.mid_channels, b.branch_channels
     held = x
-    if b.unit == "v2" and s == 2:
+    if b.unit in SPLIT_UNITS and s == 2:
         op1, _ = _conv(f"{prefix}.branch1.dw", b.in_channels, b.in_channels, b.kernel, 2,
                        b.in_channels, r, held=x, input_is_held=True)
         b1 = b.identity_channels * rout * rout
@@ -95,20 +95,31 @@ def block_ops(block: Block, prefix: str = "") -> list[Op]:
                        held=x)
         ops += [op1, op2]
         held = x + b1
-    first_groups = b.first_groups if b.unit == "v1" else g
-    op, _ = _conv(f"{prefix}.branch2.pw1", b.branch_in_channels, mid, 1, 1, first_groups, r,
-                  held=held, input_is_held=True)
-    ops.append(op)
-    if g > 1:
-        ops.append(_move(f"{prefix}.branch2.shuffle", mid * r * r, mid * r * r, held))
-    op, _ = _conv(f"{prefix}.branch2.dw", mid, mid, b.kernel, s, mid, r, held=held)
-    ops.append(op)
-    op, _ = _conv(f"{prefix}.branch2.pw2", mid, out, 1, 1, g, rout, held=held)
-    ops.append(op)
+    if b.unit == "xception":  # (depthwise, 1x1) x 3, the first depthwise on the branch input with the stride
+        cin = b.branch_in_channels
+        for i, (c1, c2) in enumerate(((cin, mid), (mid, mid), (mid, out))):
+            op, _ = _conv(f"{prefix}.branch2.dw{i + 1}", c1, c1, b.kernel, s if i == 0 else 1, c1,
+                          r if i == 0 else rout, held=held, input_is_held=(i == 0))
+            ops.append(op)
+            op, _ = _conv(f"{prefix}.branch2.pw{i + 1}", c1, c2, 1, 1, g, rout, held=held)
+            ops.append(op)
+            if g > 1 and i < 2:
+                ops.append(_move(f"{prefix}.branch2.shuffle{i + 1}", c2 * rout * rout, c2 * rout * rout, held))
+    else:
+        first_groups = b.first_groups if b.unit == "v1" else g
+        op, _ = _conv(f"{prefix}.branch2.pw1", b.branch_in_channels, mid, 1, 1, first_groups, r,
+                      held=held, input_is_held=True)
+        ops.append(op)
+        if g > 1:
+            ops.append(_move(f"{prefix}.branch2.shuffle", mid * r * r, mid * r * r, held))
+        op, _ = _conv(f"{prefix}.branch2.dw", mid, mid, b.kernel, s, mid, r, held=held)
+        ops.append(op)
+        op, _ = _conv(f"{prefix}.branch2.pw2", mid, out, 1, 1, g, rout, held=held)
+        ops.append(op)
     if b.se:
         ops += _se(f"{prefix}.branch2", out, rout, held)
     y = b.out_channels * rout * rout
-    if b.unit == "v2":  # concat + channel shuffle = one copy of the output
+    if b.unit in SPLIT_UNITS:  # concat + channel shuffle = one copy of the output
         ops.append(_move(f"{prefix}.concat_shuffle", y, y, x if s == 1 else 0))
     elif s == 1:
         ops.append(_move(f"{prefix}.add", y, y, reads=2))

@@ -1,4 +1,4 @@
-"""The torch modules of the design space: channel shuffle, SE, the v1 and v2 units.
+"""The torch modules of the design space: channel shuffle, SE, the v1, v2 and xception units.
 
 Module and parameter names follow torchvision's ``shufflenetv2.py`` (``branch1``
 / ``branch2`` Sequentials, same indices) so that any torchvision-expressible
@@ -57,8 +57,28 @@ def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> li
     return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
 
 
-class ShuffleV2Unit(nn.Module):
-    """ShuffleNet V2 unit, generalised (split ratio, pointwise groups, kernel, SE, h-swish)."""
+def _projection(cfg: UnitBlock) -> nn.Sequential:
+    """The stride-2 split unit's second branch: depthwise kxk/2, 1x1 to the identity width."""
+    return nn.Sequential(
+        *conv_bn(cfg.in_channels, cfg.in_channels, cfg.kernel, 2, groups=cfg.in_channels),
+        *conv_bn(cfg.in_channels, cfg.identity_channels, 1),
+        activation(cfg.act),
+    )
+
+
+class _SplitUnit(nn.Module):
+    """Channel split (stride 1) or projection branch (stride 2), main branch, concat, shuffle."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            out = torch.cat((x[:, : self.identity], self.branch2(x[:, self.identity:])), 1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), 1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleV2Unit(_SplitUnit):
+    """ShuffleNet V2 unit, generalised (split ratio, pointwise groups, kernel, SE, h-swish, middle width)."""
 
     def __init__(self, cfg: UnitBlock):
         super().__init__()
@@ -66,11 +86,7 @@ class ShuffleV2Unit(nn.Module):
         k, g, act = cfg.kernel, cfg.groups, cfg.act
         cin, mid, out = cfg.branch_in_channels, cfg.mid_channels, cfg.branch_channels
         if cfg.stride == 2:
-            self.branch1 = nn.Sequential(
-                *conv_bn(cfg.in_channels, cfg.in_channels, k, 2, groups=cfg.in_channels),
-                *conv_bn(cfg.in_channels, self.identity, 1),
-                activation(act),
-            )
+            self.branch1 = _projection(cfg)
         layers: list[nn.Module] = [*conv_bn(cin, mid, 1, groups=g), activation(act)]
         if g > 1:
             layers.append(ChannelShuffle(g))
@@ -80,12 +96,35 @@ class ShuffleV2Unit(nn.Module):
             layers.append(SqueezeExcite(out))
         self.branch2 = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride == 1:
-            out = torch.cat((x[:, : self.identity], self.branch2(x[:, self.identity:])), 1)
-        else:
-            out = torch.cat((self.branch1(x), self.branch2(x)), 1)
-        return channel_shuffle(out, 2)
+
+class ShuffleXceptionUnit(_SplitUnit):
+    """Single Path One-Shot's Xception-like choice block (``Shuffle_Xception``, Guo et al. 2020).
+
+    The channel split, stride-2 projection branch, concat and shuffle of a v2 unit, with a
+    main branch of three depthwise kxk + 1x1 pairs (SPOS: k = 3): dw/stride, BN, 1x1, BN,
+    act; dw, BN, 1x1, BN, act; dw, BN, 1x1, BN, act -- the first depthwise conv sees the
+    branch input and carries the stride, the last 1x1 goes to the branch's output width.
+    With pointwise groups a channel shuffle follows each of the first two 1x1 convs.
+    Like the v2 unit it shuffles after the concat (torchvision's order); SPOS shuffles at
+    the next unit's input instead, which differs only by a fixed channel permutation.
+    """
+
+    def __init__(self, cfg: UnitBlock):
+        super().__init__()
+        self.stride, self.identity = cfg.stride, cfg.identity_channels
+        k, g, act = cfg.kernel, cfg.groups, cfg.act
+        cin, mid, out = cfg.branch_in_channels, cfg.mid_channels, cfg.branch_channels
+        if cfg.stride == 2:
+            self.branch1 = _projection(cfg)
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(((cin, mid), (mid, mid), (mid, out))):
+            layers += [*conv_bn(a, a, k, cfg.stride if i == 0 else 1, groups=a), *conv_bn(a, b, 1, groups=g),
+                       activation(act)]
+            if g > 1 and i < 2:
+                layers.append(ChannelShuffle(g))
+        if cfg.se:
+            layers.append(SqueezeExcite(out))
+        self.branch2 = nn.Sequential(*layers)
 
 
 class ShuffleV1Unit(nn.Module):
@@ -113,8 +152,11 @@ class ShuffleV1Unit(nn.Module):
         return torch.cat((self.branch1(x), self.act(self.branch2(x))), 1)
 
 
+UNIT_MODULES = {"v1": ShuffleV1Unit, "v2": ShuffleV2Unit, "xception": ShuffleXceptionUnit}
+
+
 def build_unit(cfg: UnitBlock) -> nn.Module:
-    return ShuffleV2Unit(cfg) if cfg.unit == "v2" else ShuffleV1Unit(cfg)
+    return UNIT_MODULES[cfg.unit](cfg)
 
 
 def build_stem(cfg: StemBlock) -> nn.Sequential:

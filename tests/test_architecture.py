@@ -41,6 +41,16 @@ BAD = [  # (description, data, words the message must contain)
     ("input too small for the stages", {**BASE, "input_size": 8, "stem": {"channels": 16}},
      ["input_size"]),
     ("not a mapping", [1, 2], ["expected a mapping"]),
+    ("units and depth differ", with_stage(0, units=[{}, {}, {}]), ["stages[0]", "units has 3 entries but depth is 2"]),
+    ("split for a v1 unit", with_stage(1, units=[{}, {"split": 0.5}]),
+     ["stages[1]", "units[1]: split applies to v2 and xception units"]),
+    ("mid_channels on a v1 stage", with_stage(1, mid_channels=24), ["stages[1]", "mid_channels applies to"]),
+    ("mid_channels not divisible by groups", with_stage(0, groups=2, mid_channels=25),
+     ["stages[0]", "groups 2 does not divide the mid_channels width 25"]),
+    ("one unit unbuildable", with_stage(0, units=[{}, {"groups": 5}]), ["stages[0].units[1]", "groups 5"]),
+    ("unknown unit type in units", with_stage(0, units=[{}, {"unit": "v3"}]), ["stages[0].units[1].unit", "xception"]),
+    ("unknown key in units", with_stage(0, units=[{}, {"kernal": 5}]), ["stages[0].units[1].kernal", "unknown key"]),
+    ("xception with odd channels", with_stage(0, unit="xception", channels=47), ["stages[0]", "odd"]),
 ]
 
 
@@ -95,3 +105,61 @@ def test_yaml_is_safe_loaded(tmp_path):
 
     with pytest.raises(FileFormatError):
         Architecture.from_yaml(evil)
+
+
+def test_per_unit_form_of_a_uniform_stage_is_the_shorthand():
+    """Descriptions of one network compare, hash and serialise equal (the normal form)."""
+    short = Architecture.from_dict(with_stage(0, kernel=5))
+    per_unit = Architecture.from_dict(with_stage(0, kernel=3, units=[{"kernel": 5}, {"kernel": 5}]))
+    assert per_unit == short and hash(per_unit) == hash(short)
+    assert per_unit.to_dict() == short.to_dict() and "units" not in per_unit.to_dict()["stages"][0]
+    # mid_channels equal to the branch width is the default layout
+    assert Architecture.from_dict(with_stage(0, mid_channels=24)) == Architecture.from_dict(BASE)
+    # the stage keeps the value most units have; units list only what differs
+    a = Architecture.from_dict(with_stage(0, depth=3, kernel=3, units=[{"kernel": 7}, {"kernel": 7}, {}]))
+    b = Architecture.from_dict(with_stage(0, depth=3, kernel=7, units=[{}, {}, {"kernel": 3}]))
+    assert a == b and a.stages[0].kernel == 7
+    assert a.to_dict()["stages"][0]["units"] == [{}, {}, {"kernel": 3}]
+
+
+def test_per_unit_description_round_trips_and_builds(tmp_path):
+    arch = Architecture.from_dict(with_stage(0, depth=3, units=[
+        {"unit": "xception", "kernel": 5, "split": 0.25, "mid_channels": 16},
+        {"kernel": 7, "se": True, "act": "hswish"},
+        {"unit": "v1", "groups": 2}]))
+    units = arch.stages[0].unit_list()
+    assert [u.unit for u in units] == ["xception", "v2", "v1"]
+    assert (units[0].split, units[0].mid_channels, units[2].split, units[2].mid_channels) == (0.25, 16, None, None)
+    assert Architecture.from_yaml(arch.to_yaml()) == arch
+    assert Architecture.from_dict(json.loads(arch.to_json())) == arch
+    model = build_model(arch)
+    assert [type(m).__name__ for m in model.stage2] == ["ShuffleXceptionUnit", "ShuffleV2Unit", "ShuffleV1Unit"]
+    assert model.stage2[0].branch2[2].out_channels == 16  # first 1x1 of the main branch: mid_channels wide
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_xception_unit_follows_spos_shuffle_xception():
+    """Layer by layer, SPOS's Shuffle_Xception (megvii-model/SinglePathOneShot, blocks.py) at stride 2:
+    projection dw3x3/2 + 1x1 to the input width; main dw3x3/2, 1x1 to mid, dw3x3, 1x1, dw3x3, 1x1 to the rest,
+    BN after every conv, ReLU after every 1x1."""
+    from search_space.blocks import UnitBlock
+    from search_space.modules import build_unit
+
+    unit = build_unit(UnitBlock("xception", 2, 16, 64, 0.25, 1, 3, False, "relu", 56, mid=32))
+
+    def layers(seq):
+        out = []
+        for m in seq:
+            if isinstance(m, torch.nn.Conv2d):
+                out.append(("conv", m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.groups))
+            else:
+                out.append(type(m).__name__)
+        return out
+
+    bn, relu = "BatchNorm2d", "ReLU"
+    assert layers(unit.branch1) == [("conv", 16, 16, 3, 2, 16), bn, ("conv", 16, 16, 1, 1, 1), bn, relu]
+    assert layers(unit.branch2) == [
+        ("conv", 16, 16, 3, 2, 16), bn, ("conv", 16, 32, 1, 1, 1), bn, relu,
+        ("conv", 32, 32, 3, 1, 32), bn, ("conv", 32, 32, 1, 1, 1), bn, relu,
+        ("conv", 32, 32, 3, 1, 32), bn, ("conv", 32, 48, 1, 1, 1), bn, relu]
+    assert unit(torch.randn(1, 16, 56, 56)).shape == (1, 64, 28, 28)

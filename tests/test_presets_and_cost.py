@@ -15,6 +15,7 @@ PAPER_MFLOPS = {  # ShuffleNet V2 Table / ShuffleNet V1 Table 1 (1x)
     "shufflenet_v2_x1_5": (299, 0.02), "shufflenet_v2_x2_0": (591, 0.02),
     "shufflenet_v1_g1": (143, 0.03), "shufflenet_v1_g2": (140, 0.03), "shufflenet_v1_g3": (137, 0.03),
     "shufflenet_v1_g4": (133, 0.03), "shufflenet_v1_g8": (137, 0.03),
+    "spos": (323, 0.01),  # SPOS README (megvii-model/SinglePathOneShot): 323M FLOPs
 }
 
 
@@ -45,7 +46,8 @@ def test_every_preset_builds_runs_and_round_trips(name, tmp_path):
     assert Architecture.from_dict(arch.to_dict()) == arch
 
 
-@pytest.mark.parametrize("name", ["shufflenet_v2_x1_0_cifar", "shufflenet_v1_g8_cifar", "shufflenet_v2_x0_5"])
+@pytest.mark.parametrize("name", ["shufflenet_v2_x1_0_cifar", "shufflenet_v1_g8_cifar", "shufflenet_v2_x0_5",
+                                  "spos_cifar"])
 def test_cost_model_equals_a_real_count(name):
     """Params equal the module's; multiply-adds equal FlopCounterMode / 2 (it counts 2 FLOPs per MAC)."""
     arch = presets.get(name)
@@ -72,6 +74,41 @@ def test_cost_model_counts_se_groups_and_kernels():
     p = profile(arch)
     assert p.macs * 2 == counter.get_total_flops()
     assert p.params == sum(t.numel() for t in model.parameters())
+
+
+def test_cost_model_counts_xception_units():
+    """The Xception-like unit at both strides, with groups (shuffles), SE, h-swish, kernel 5 and a set mid width."""
+    arch = Architecture(
+        input_size=32, num_classes=10, stem={"channels": 16, "stride": 1, "maxpool": False},
+        stages=[{"unit": "xception", "channels": 64, "depth": 3, "units": [
+                    {"split": 0.25, "mid_channels": 32}, {"groups": 2, "se": True, "act": "hswish"}, {"kernel": 5}]},
+                {"unit": "xception", "channels": 128, "depth": 2, "groups": 2, "kernel": 7, "mid_channels": 48}],
+        head_channels=256,
+    )
+    model = build_model(arch).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    p = profile(arch)
+    assert p.macs * 2 == counter.get_total_flops()
+    assert p.params == sum(t.numel() for t in model.parameters())
+
+
+def test_spos_preset_is_the_official_network():
+    """The official SPOS network (megvii-model/SinglePathOneShot, src/Evaluation/template/network.py with the
+    README's choices, channel scales 1.0) counts 322,918,720 multiply-adds (FlopCounterMode / 2) and 3,558,464
+    parameters; our classifier has a bias (1,000 more), SPOS's has none. The paper/README says 323M, 3.5M."""
+    from search_space import load_space
+
+    arch = presets.get("spos")
+    p = profile(arch)
+    assert p.macs == 322_918_720
+    assert p.params == 3_558_464 + 1_000
+    assert [u.unit for st in arch.stages for u in st.unit_list()].count("xception") == 4
+    # a point of the spos space, and its per-unit choices are the README's list
+    params = load_space("spos").params_of(arch)
+    labels = ["kernel=3", "kernel=5", "kernel=7", "unit=xception,kernel=3"]
+    chosen = [labels.index(v) for k, v in params.items() if ".units." in k]
+    assert tuple(chosen) == presets.SPOS_CHOICES == (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)
 
 
 def test_per_block_costs_sum_to_the_total():

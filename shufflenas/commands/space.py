@@ -48,11 +48,18 @@ def space(space_file, n, seed, as_json):
     lines += [f"  {d.name}: {list(d.choices)}" for d in sp.open_dimensions]
     if samples:
         lines.append("")
-        lines.append(table([{"#": i, "stages (unit/ch/depth/k)": " ".join(
-            f"{s.unit}/{s.channels}/{s.depth}/{s.kernel}" for s in a.stages),
-            "params": c.params, "MFLOPs": round(c.mflops, 2)}
-            for i, (a, c) in enumerate(zip(samples, costs))]))
+        title = "stages (unit/ch/depth/k" + (
+            ", or ch/depth:unit+k per unit)" if any(s.units for a in samples for s in a.stages) else ")")
+        lines.append(table([{"#": i, title: " ".join(map(_stage_text, a.stages)), "params": c.params,
+                             "MFLOPs": round(c.mflops, 2)} for i, (a, c) in enumerate(zip(samples, costs))]))
     emit(out, as_json, "\n".join(lines))
+
+
+def _stage_text(s) -> str:
+    """``v2/116/4/3``; a stage whose units differ: ``64/4:v2k7,v2k5,v2k3,xceptionk3``."""
+    if s.units is None:
+        return f"{s.unit}/{s.channels}/{s.depth}/{s.kernel}"
+    return f"{s.channels}/{s.depth}:" + ",".join(f"{u.unit}k{u.kernel}" for u in s.unit_list())
 
 
 @click.command(name="presets")
