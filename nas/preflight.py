@@ -56,6 +56,7 @@ from evaluators.data import DataError, DatasetSpec, load_raw
 from evaluators.data import cifar, idx
 from evaluators.data.download import cache_dir, fetch
 from evaluators.data.folder import EXTENSIONS
+from evaluators.device import placement
 from evaluators.latency import LatencyError, LatencyLUT, LatencyTarget, MeasurementProtocol, check_available
 from evaluators.latency import space_blocks
 from evaluators.latency.ray_actor import DEFAULT_RESOURCE as LATENCY_RESOURCE
@@ -86,7 +87,7 @@ def preflight(exp: Experiment, *, resume: bool, address: str | None) -> None:
     _check_backend_flags(exp, address)
     _check_output(exp, resume)
     classes = check_data(exp.data)
-    ckpt_space = _check_accuracy(exp, space, classes)
+    ckpt_space = _check_accuracy(exp, space, classes, address)
     target, lut = _check_latency(exp, space)
     _check_seeds(exp, space, classes, ckpt_space, target, lut)
     _check_retrain(exp, classes)
@@ -277,7 +278,7 @@ def _check_classes(field: str, what: str, num_classes: int, classes: int, fix: s
         raise _fail(field, f"{what} has num_classes {num_classes} but the dataset has {classes} classes; {fix}")
 
 
-def _check_accuracy(exp: Experiment, space: SearchSpace, classes: int) -> Optional[SearchSpace]:
+def _check_accuracy(exp: Experiment, space: SearchSpace, classes: int, address: str | None) -> Optional[SearchSpace]:
     """Returns the space the supernet checkpoint holds (supernet method with a checkpoint), else None."""
     a = exp.accuracy
     if a.method == "zero_cost":
@@ -287,7 +288,7 @@ def _check_accuracy(exp: Experiment, space: SearchSpace, classes: int) -> Option
         return None
     if a.method == "proxy_training":
         cfg = _construct("accuracy.train", TrainConfig, **{"seed": exp.search.seed, **a.train})
-        _check_device("accuracy.train.device", cfg)
+        _check_device("accuracy.train", cfg, exp, address)
         _check_keywords("accuracy.options", ProxyTrainingEvaluator, a.options,
                         ("data", "config", "subset", "val_fraction", "seed", "checkpoint_dir"))
         if not a.options.get("adapt_classes"):
@@ -297,6 +298,7 @@ def _check_accuracy(exp: Experiment, space: SearchSpace, classes: int) -> Option
     # supernet
     _check_keywords("accuracy.options", SupernetEvaluator, a.options, ("checkpoint", "data", "seed"))
     cfg = _construct("accuracy.supernet_train", SupernetConfig, **a.supernet_train)
+    _check_device("accuracy.supernet_train", cfg, exp, None)  # (trained by the driver, here)
     path = Path(a.checkpoint)
     if not path.is_file():  # trained by the search before its first trial
         _check_classes("space.num_classes", "the space", space.spec.num_classes, classes,
@@ -344,12 +346,16 @@ def _not_within(space: SearchSpace, outer: SearchSpace) -> str:
     return ""
 
 
-def _check_device(field: str, config) -> None:
-    """A training device (where the config has one) that exists on this machine."""
-    device = str(getattr(config, "device", "cpu") or "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise _fail(field, f"{device} requested but CUDA is not available on this machine "
-                           f"(torch {torch.__version__}); use cpu or run on a GPU node")
+def _check_device(field: str, config, exp: Experiment, address: str | None) -> None:
+    """The training device, precision and memory format a config asks for exist on this machine (not
+    checked for trials on an existing Ray cluster: they train on its nodes; GPUs there: :func:`_check_ray`)."""
+    if exp.search.backend == "ray" and (address or exp.search.ray.address):
+        return
+    try:
+        placement(getattr(config, "device", "auto"), getattr(config, "amp", "auto"),
+                  getattr(config, "channels_last", "auto"))
+    except ShuffleNASError as exc:
+        raise _fail(field, exc) from None
 
 
 # ---- latency ------------------------------------------------------------------------------------
@@ -425,7 +431,7 @@ def _check_retrain(exp: Experiment, classes: int) -> None:
     if spec is None:
         return
     cfg = _construct("retrain.train", TrainConfig, **{"seed": exp.search.seed, **spec.train})
-    _check_device("retrain.train.device", cfg)
+    _check_device("retrain.train", cfg, exp, None)
     for name in spec.baselines:
         _check_classes(f"retrain.baselines: {name}", "the baseline", presets.get(name).num_classes, classes,
                        "choose baselines with the dataset's class count")

@@ -392,3 +392,14 @@ def test_cluster_offers_the_latency_device_and_the_trials_resources(tmp_path):
     assert got["measured"].startswith("--address: no node of the Ray cluster") and "latency_device" in got["measured"]
     assert got["gpu"].startswith("search.ray.resources: no alive node") and "GPU 1" in got["gpu"]
     assert got["fits"] == "ok"
+
+
+def test_training_device_must_exist_here(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    refused(tmp_path, "accuracy.train", "device cuda", "CUDA is not available",
+            accuracy={"method": "proxy_training", "train": {"device": "cuda"}})
+    refused(tmp_path, "retrain.train", "device cuda:1", retrain={"train": {"device": "cuda:1"}})
+    refused(tmp_path, "accuracy.supernet_train", "device cuda", accuracy={
+        "method": "supernet", "checkpoint": str(tmp_path / "absent.pt"), "supernet_train": {"device": "cuda"}})
+    check(tmp_path, accuracy={"method": "proxy_training", "train": {"device": "auto"}})
