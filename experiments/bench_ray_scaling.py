@@ -13,7 +13,7 @@ trials/hour = trials / (last trial finished - first trial started);
 overhead/trial = that span / trials - mean evaluation time (serial runs only).
 
     python experiments/bench_ray_scaling.py [--trials 16]
-Output: experiments/results/bench_ray_scaling.txt
+Output: experiments/results/search/bench_ray_scaling.txt
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from search_space.io import atomic_write_text, dump_yaml, load_yaml  # noqa: E402
 
-LUT = HERE / "results" / "bench_lut_quickstart.json"
+LUT = HERE / "results" / "search" / "bench_lut_quickstart.json"
 PY = sys.executable
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -93,7 +93,7 @@ def run_on_cluster(tmp: Path, exp: Path, nodes: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=16)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_ray_scaling.txt")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "search" / "bench_ray_scaling.txt")
     args = ap.parse_args()
     from nas.experiment import load_experiment
     from nas.objective import load_or_build_lut

@@ -20,7 +20,7 @@ trial, latency from a lookup table so every score is deterministic):
    seeded with every architecture of the killed run, in order, and never killed).
 
 Prints the counts beside what they must be and writes
-``experiments/results/fault_injection_<backend>.{txt,json}``.
+``experiments/results/reliability/fault_injection_<backend>.{txt,json}``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import yaml
 from search_space.io import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "experiments" / "results"
+RESULTS = ROOT / "experiments" / "results" / "reliability"
 SPACE = {
     "name": "faults", "input_size": 16, "num_classes": 10,
     "stem": {"channels": [8, 16], "stride": 1, "maxpool": False},

@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "experiments" / "spaces" / "fidelity.yaml"
-RESULTS = ROOT / "experiments" / "results"
+RESULTS = ROOT / "experiments" / "results" / "fidelity"
 CIFAR = os.environ.get("SHUFFLENAS_CIFAR10",
                        str(ROOT.parent / "shared" / "data" / "cifar10" / "cifar-10-python.tar.gz"))
 

@@ -19,7 +19,7 @@ NOTES.md does not hold the paper's absolute numbers (batches/s on a GTX
 1080Ti and a Snapdragon 810), so the table prints speed relative to the 1:1
 (G1) / g=1 (G2) row beside the paper's qualitative trend: speed falls
 monotonically as c1:c2 moves away from 1:1, and as g grows.
-Writes ``experiments/results/guideline_study.{txt,json}``.
+Writes ``experiments/results/latency/guideline_study.{txt,json}``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from evaluators.latency.runners import make_timed_run  # noqa: E402
 from evaluators.latency.timing import measure_timed  # noqa: E402
 from search_space.io import atomic_write_json, atomic_write_text  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "latency"
 BLOCKS = 10
 # Channel pairs at fixed FLOPs for each c1:c2 ratio (the paper's Table 1 pairs: small = its ARM
 # column, medium = its GPU column). Wider pairs (512:512) take ~0.5 s a run on one core at 56x56.

@@ -9,7 +9,7 @@ on a quiet 2-core machine (2.9%, NOTES.md); then measures the four V2 presets,
 ``--rounds`` times each in separate processes, interleaved so that a drift of
 the machine hits all of them alike, and checks x0_5 < x1_0 < x1_5 < x2_0.
 The load average is printed with the results: on a shared box it explains
-a high CV. Writes ``experiments/results/latency_repeatability.{txt,json}``.
+a high CV. Writes ``experiments/results/latency/latency_repeatability.{txt,json}``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from search_space.io import atomic_write_json, atomic_write_text
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "latency"
 NOISE_FLOOR_CV = 0.029  # NOTES.md: 8 processes, x1_0, ONNX Runtime, quiet machine
 GOAL_CV = 0.03
 V2 = ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"]

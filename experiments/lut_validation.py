@@ -8,8 +8,8 @@ Builds (or resumes, or reuses) the table for the space on this machine
 in ``--network-sessions`` worker sessions (median kept), and prints MAPE,
 the share within +/-5% and +/-10% and the rank correlations beside the
 published anchors. Writes
-``experiments/results/lut_<space>.json`` (the table) and
-``experiments/results/lut_validation_<space>.{txt,json}``.
+``experiments/results/lut/lut_<space>.json`` (the table) and
+``experiments/results/lut/lut_validation_<space>.{txt,json}``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from evaluators.latency.validation import ANCHORS
 from search_space import load_space
 from search_space.io import atomic_write_json, atomic_write_text
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "lut"
 SPACES = Path(__file__).resolve().parent / "spaces"
 GOALS = {"within_10": 0.95, "mape": 0.05, "spearman": 0.98}
 

@@ -20,7 +20,7 @@ network it prints the coefficient of variation across sessions of
   run instead of its median run (interference only ever slows a run down, so
   the fastest of a turn is the one least disturbed),
 
-and the plain/paired ratio. Writes ``experiments/results/paired_timing_<space>.{txt,json}``.
+and the plain/paired ratio. Writes ``experiments/results/latency/paired_timing_<space>.{txt,json}``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "latency"
 SPACES = Path(__file__).resolve().parent / "spaces"
 TURN = 5        # runs of each model per turn (MeasurementProtocol.pair_turn)
 SESSION = 20    # turns per simulated measurement

@@ -11,7 +11,7 @@ row, with the mean and standard deviation over seeds and the mean
 difference of each model against the last one named (over 3+ shared seeds
 with its 95% confidence interval and a paired t-test). Models are searched
 trials (``trialN``, taken from the run's ``retrain/candidates.json``) or
-preset names. Writes ``experiments/results/seed_check_<run>.{txt,json}``;
+preset names. Writes ``experiments/results/cifar10_3epoch/seed_check_<run>.{txt,json}``;
 already trained (model, seed) pairs in that JSON are reused, so a killed
 run resumes.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "cifar10_3epoch"
 
 
 def main(argv=None) -> int:
