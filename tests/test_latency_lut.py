@@ -192,3 +192,45 @@ def test_build_tags_speed_and_validation_corrects_for_it(tiny_lut, tmp_path, tin
                if not e["flagged"])  # (flagged ones are measured once more at the end of a build)
     refs = [e["ref_ms"] for e in resumed.entries.values()] + [c["ref_ms"] for c in resumed.overhead["calibration"]]
     assert resumed.meta["reference_ms"] == pytest.approx(float(np.median(refs)))
+
+
+PER_UNIT_SPACE = """
+name: tiny_per_unit
+input_size: 16
+num_classes: 10
+stem: {channels: 8, stride: 1, maxpool: false}
+stages:
+  - channels: 32
+    depth: [1, 2]
+    units:
+      - {split: 0.25, mid_channels: 16, choices: [{kernel: 3}, {unit: xception}]}
+      - [{kernel: 5}, {unit: xception}]
+head_channels: null
+"""
+
+
+def test_enumeration_walks_per_unit_choices():
+    """Each unit position has its own choices: stride 2 (position 0) and stride 1 (position 1) blocks differ."""
+    sp = SearchSpace.from_yaml(PER_UNIT_SPACE)
+    blocks = space_blocks(sp)
+    units = [b for b in blocks.values() if b.kind == "unit"]
+    assert sorted((b.unit, b.stride, b.kernel, b.mid) for b in units) == [
+        ("v2", 1, 5, None), ("v2", 2, 3, 16), ("xception", 1, 3, None), ("xception", 2, 3, 16)]
+    assert [b.kind for b in blocks.values()].count("head") == 1
+    archs = {sp.decode({"stages.0.depth": d, "stages.0.units.0": u0, "stages.0.units.1": u1})
+             for d in (1, 2) for u0 in ("kernel=3", "unit=xception") for u1 in ("kernel=5", "unit=xception")}
+    assert len(archs) == sp.size() == 6
+    assert {b.key() for a in archs for _, b in iter_blocks(a)} == set(blocks)  # reachable, and only those
+
+
+def test_tiny_per_unit_table_predicts_every_network(tmp_path):
+    sp = SearchSpace.from_yaml(PER_UNIT_SPACE)
+    lut = LatencyLUT.build(sp, LatencyTarget(), FAST, progress=False, path=tmp_path / "per_unit.json", calibration=3)
+    assert set(lut.entries) == set(space_blocks(sp)) and len(lut) == 6
+    xception = next(k for k in lut.entries if k.startswith("xception|s2"))
+    assert "|m16" in xception  # SPOS's stride-2 layout is a block of its own
+    for seed in range(4):
+        arch = sp.sample(seed=seed)
+        parts = lut.breakdown(arch)
+        assert list(parts) == [p for p, _ in iter_blocks(arch)] and all(v > 0 for v in parts.values())
+        assert lut.predict(arch) > 0

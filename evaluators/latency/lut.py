@@ -56,7 +56,8 @@ def space_blocks(space: SearchSpace, input_size: int | None = None) -> dict[str,
 
     Walks the stages: a stage's stride-2 unit sees every (width, resolution)
     the previous stage (or the stem) can output; its stride-1 units see the
-    stage's own width. Only reachable configurations are listed.
+    stage's own width. Per-unit choices are walked unit position by unit
+    position. Only reachable configurations are listed.
     """
     s = space.spec
     size = input_size or s.input_size
@@ -66,20 +67,16 @@ def space_blocks(space: SearchSpace, input_size: int | None = None) -> dict[str,
         b = StemBlock(s.in_channels, c, k, st, mp, size)
         out.setdefault(b.key(), b)
         inputs.add((c, b.out_resolution))
-    for i, stage in enumerate(s.stages):
+    for i in range(len(s.stages)):
         nxt: set[tuple[int, int]] = set()
-        for unit, c, g, k, se, act in itertools.product(stage.unit, stage.channels, stage.groups, stage.kernel,
-                                                        stage.se, stage.act):
-            for sp in (stage.split if unit == "v2" else (None,)):
-                for cin, res in sorted(inputs):
-                    b = UnitBlock(unit, 2, cin, c, sp, g, k, se, act, res,
-                                  first_ungrouped=(unit == "v1" and i == 0))
+        for j in space.distinct_positions(i):
+            for c, u in space.unit_choices(i, j):
+                for cin, res in (sorted(inputs) if j == 0 else sorted(r for r in nxt if r[0] == c)):
+                    b = UnitBlock(u.unit, 2 if j == 0 else 1, cin, c, u.split, u.groups, u.kernel, u.se, u.act,
+                                  res, first_ungrouped=(u.unit == "v1" and i == 0 and j == 0), mid=u.mid_channels)
                     out.setdefault(b.key(), b)
-                    res2 = b.out_resolution
-                    if max(stage.depth) >= 2:
-                        b1 = UnitBlock(unit, 1, c, c, sp, g, k, se, act, res2)
-                        out.setdefault(b1.key(), b1)
-                    nxt.add((c, res2))
+                    if j == 0:
+                        nxt.add((c, b.out_resolution))
         inputs = nxt
     for (cin, res), hc in itertools.product(sorted(inputs), s.head_channels):
         b = HeadBlock(cin, hc, s.num_classes, res)
