@@ -27,6 +27,10 @@ and a sampled network uses a slice of it:
   runs units ``0..d-1`` and skips the rest.
 * **SE, activation** -- SE weights are one more role (used only when chosen);
   activations have no weights.
+* **per-unit choices** (SPOS's choice blocks, ``units`` in a space) -- roles are
+  per unit position and unit type already, so a v2 and an xception unit at
+  one position keep separate weights, and the kernel choices of one unit type
+  share its largest kernel as above.
 * **BatchNorm** -- as in SPOS, no affine parameters by default (statistics
   differ between paths, so a learned scale would be a compromise between
   them); running statistics are kept per role (prefix slice) but a candidate
@@ -53,14 +57,14 @@ from torch.func import functional_call
 from search_space import Architecture, SearchSpace, build_model
 from search_space.blocks import HeadBlock, StemBlock, UnitBlock
 from search_space.errors import ShuffleNASError
-from search_space.modules import ShuffleV1Unit, ShuffleV2Unit, build_head, build_stem, build_unit
+from search_space.modules import UNIT_MODULES, build_head, build_stem, build_unit
 
 
 class SupernetError(ShuffleNASError):
     """An architecture or checkpoint that does not fit the supernet."""
 
 
-_UNITS = (ShuffleV1Unit, ShuffleV2Unit)
+_UNITS = tuple(UNIT_MODULES.values())
 
 
 def _role_paths(module: nn.Module, prefix: str = "", role: str = "") -> Iterator[tuple[str, str, nn.Module]]:
@@ -88,11 +92,12 @@ def tensor_roles(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
     """Map every ``state_dict`` key of a built network to ``(role key, owning module)``."""
     out: dict[str, tuple[str, nn.Module]] = {}
     arch: Architecture = model.arch
-    unit_type = {f"stage{si + 2}": st.unit for si, st in enumerate(arch.stages)}
+    unit_type = {(f"stage{si + 2}", str(ui)): u.unit
+                 for si, st in enumerate(arch.stages) for ui, u in enumerate(st.unit_list())}
     for path, role, mod in _role_paths(model):
         parts = role.split(".")
-        if parts[0] in unit_type:  # stage2.<i>.rest -> stage2.<i>.<unit>.rest
-            role = ".".join([parts[0], parts[1], unit_type[parts[0]], *parts[2:]])
+        if tuple(parts[:2]) in unit_type:  # stage2.<i>.rest -> stage2.<i>.<unit>.rest
+            role = ".".join([parts[0], parts[1], unit_type[tuple(parts[:2])], *parts[2:]])
         for name, _ in itertools.chain(mod.named_parameters(recurse=False), mod.named_buffers(recurse=False)):
             out[f"{path}.{name}"] = (f"{role}.{name}", mod)
     return out
@@ -123,15 +128,18 @@ def _max_shapes(space: SearchSpace) -> dict[str, tuple[int, ...]]:
             add(nn.ModuleDict({"conv1": build_stem(block)}), "")
         in_opts = set(s.channels)
         for si, st in enumerate(spec.stages):
-            kmax, se = max(st.kernel), True in st.se
-            for unit, ui in itertools.product(st.unit, range(max(st.depth))):
-                stride = 2 if ui == 0 else 1
-                for cin, c, sp in itertools.product(sorted(in_opts) if ui == 0 else [None], st.channels,
-                                                    st.split if unit == "v2" else (None,)):
-                    b = UnitBlock(unit, stride, cin if ui == 0 else c, c, sp, 1, kmax, se, "relu", 8,
-                                  first_ungrouped=(unit == "v1" and si == 0 and ui == 0))
-                    if b.problem() is None:
-                        add(build_unit(b), f"stage{si + 2}.{ui}.{unit}")
+            for ui in range(max(st.depth)):
+                # per (unit type, width, split, middle width): the largest kernel, SE if ever chosen
+                largest: dict[tuple, tuple[int, bool]] = {}
+                for c, u in space.unit_choices(si, ui):
+                    k, se = largest.get((u.unit, c, u.split, u.mid_channels), (0, False))
+                    largest[(u.unit, c, u.split, u.mid_channels)] = (max(k, u.kernel), se or u.se)
+                for (unit, c, sp, mid), (kmax, se) in largest.items():
+                    for cin in (sorted(in_opts) if ui == 0 else [c]):
+                        b = UnitBlock(unit, 2 if ui == 0 else 1, cin, c, sp, 1, kmax, se, "relu", 8,
+                                      first_ungrouped=(unit == "v1" and si == 0 and ui == 0), mid=mid)
+                        if b.problem() is None:
+                            add(build_unit(b), f"stage{si + 2}.{ui}.{unit}")
             in_opts = set(st.channels)
         for cin, h in itertools.product(sorted(in_opts), spec.head_channels):
             conv5, fc = build_head(HeadBlock(cin, h, spec.num_classes, 1))
