@@ -6,7 +6,7 @@ does not import beside the CPU torch build used here.
 """
 
 import json
-import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -14,10 +14,28 @@ import torch
 
 from search_space import build_model, presets
 
-ROOT = Path(__file__).resolve().parents[1]
 REF = json.loads((Path(__file__).parent / "data" / "torchvision_shufflenetv2.json").read_text())
-sys.path.insert(0, str(ROOT / "experiments"))
-from torchvision_reference import fill_deterministic, fixed_input  # noqa: E402
+
+
+def torchvision_state_dict(name: str) -> OrderedDict:
+    """The weights torchvision's network held when the reference logits were recorded, rebuilt from
+    torchvision's own key list and shapes: the seeded fill of experiments/torchvision_reference.py
+    (randn x 0.1 per float tensor in torchvision's state_dict order, BN variances |v| + 0.5),
+    independent of our model's key order."""
+    g = torch.Generator().manual_seed(0)
+    sd = OrderedDict()
+    for key, shape in REF["variants"][name]["state_dict"]:
+        if key.endswith("num_batches_tracked"):
+            sd[key] = torch.tensor(0)
+            continue
+        v = torch.randn(shape, generator=g) * 0.1
+        sd[key] = v.abs() + 0.5 if key.endswith("running_var") else v
+    return sd
+
+
+def fixed_input() -> torch.Tensor:
+    """The input the reference logits were recorded on (experiments/torchvision_reference.py)."""
+    return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.mark.parametrize("name", list(REF["variants"]))
@@ -29,9 +47,9 @@ def test_state_dict_keys_and_shapes_equal_torchvision(name):
 @pytest.mark.parametrize("name", ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0"])
 def test_torchvision_weights_load_strictly_and_give_the_same_outputs(name):
     model = build_model(presets.get(name)).eval()
-    # The same deterministic fill, applied in state_dict order, is what loading
-    # torchvision's weights with strict=True amounts to once keys/shapes/order match.
-    fill_deterministic(model)
+    weights = torchvision_state_dict(name)
+    model.load_state_dict(weights, strict=True)  # raises on any missing, unexpected or mis-shaped key
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
     with torch.no_grad():
         logits = model(fixed_input())[0]
     ref = REF["variants"][name]
