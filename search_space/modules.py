@@ -105,8 +105,13 @@ class ShuffleXceptionUnit(_SplitUnit):
     act; dw, BN, 1x1, BN, act; dw, BN, 1x1, BN, act -- the first depthwise conv sees the
     branch input and carries the stride, the last 1x1 goes to the branch's output width.
     With pointwise groups a channel shuffle follows each of the first two 1x1 convs.
-    Like the v2 unit it shuffles after the concat (torchvision's order); SPOS shuffles at
-    the next unit's input instead, which differs only by a fixed channel permutation.
+    Loaded with SPOS's weights, one unit gives SPOS's output up to the order of its channels.
+    Like the v2 unit it shuffles after the concat (torchvision's order); SPOS instead splits
+    the next unit's input into even and odd channels. Where both branches are equally wide
+    that is the same network up to a channel permutation; after a stride-2 unit whose
+    projection branch is narrower (SPOS's first two stages: 16 of 64, 64 of 160 channels)
+    all projected channels reach the next unit's identity branch here, half of them its
+    main branch in SPOS (same widths, parameters and multiply-adds).
     """
 
     def __init__(self, cfg: UnitBlock):

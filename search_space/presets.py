@@ -25,6 +25,8 @@ REPEATS = (4, 8, 4)
 # Single Path One-Shot (Guo et al. 2020), megvii-model/SinglePathOneShot: the network its README
 # publishes as the search result, one choice block per unit (src/Evaluation/template/network.py):
 # 0, 1, 2 = ShuffleNet V2 unit with a 3x3, 5x5, 7x7 depthwise conv; 3 = the Xception-like unit.
+# Same layers, widths, parameters (plus the classifier's bias, which SPOS leaves out) and multiply-adds;
+# the channel shuffle is torchvision's (see search_space.modules.ShuffleXceptionUnit for what differs).
 SPOS_CHOICES = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)
 SPOS_BLOCKS = ({"unit": "v2", "kernel": 3}, {"unit": "v2", "kernel": 5}, {"unit": "v2", "kernel": 7},
                {"unit": "xception", "kernel": 3})
