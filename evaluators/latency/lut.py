@@ -23,7 +23,10 @@ meanwhile.
 
 The table is JSON, tagged with the target, library versions and processor,
 and written atomically while it is built, so a killed build resumes where it
-stopped.
+stopped. It is also tagged with the host it was measured on
+(:func:`~evaluators.latency.target.host_identity`: hostname, processor,
+runtime and version, threads); :meth:`LatencyLUT.check_host` refuses it on
+another host, and warns for a table from before the tag existed.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ import datetime as _dt
 import itertools
 import json
 import time
+import warnings
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -42,13 +46,16 @@ from search_space.blocks import Block, HeadBlock, StemBlock, UnitBlock, iter_blo
 from search_space.io import atomic_write_json
 
 from ..base import LatencyResult
-from .target import LatencyError, LatencyTarget, LUTMissingError, MeasurementProtocol
+from .target import (LatencyError, LatencyTarget, LUTHostError, LUTHostWarning, LUTMissingError, MeasurementProtocol,
+                     describe_host, host_differences, host_identity)
 from .worker import MeasurementWorker, measure_sessions
 
 LUT_FORMAT = "shufflenas-latency-lut/1"
 ENTRY_FIELDS = ("median_ms", "p90_ms", "iqr_rel", "runs", "attempts", "flagged")
 PAIRED_FIELDS = ("ref_ms", "ratio", "ratio_iqr_rel")
 SAVE_EVERY_S = 2.0
+#: what to do about a table tagged with another host, said by :meth:`LatencyLUT.check_host` (callers say theirs)
+HOST_OVERRIDE = "rebuild it on that host, or skip the host check to use it anyway"
 
 
 def space_blocks(space: SearchSpace, input_size: int | None = None) -> dict[str, Block]:
@@ -93,7 +100,8 @@ class LatencyLUT:
 
     def __init__(self, target: LatencyTarget, entries: dict[str, dict], overhead: dict | None = None,
                  machine: dict | None = None, protocol: MeasurementProtocol | None = None,
-                 space: dict | None = None, meta: dict | None = None, fallback: str = "error"):
+                 space: dict | None = None, meta: dict | None = None, fallback: str = "error",
+                 host: dict | None = None):
         if fallback not in ("error", "measure"):
             raise LatencyError(f"fallback {fallback!r} unknown; use 'error' or 'measure'")
         self.target = target
@@ -104,6 +112,7 @@ class LatencyLUT:
         self.space = space
         self.meta = meta or {}
         self.fallback = fallback
+        self.host = host  # host_identity() of where it was measured; None in tables from before the tag
         self.path: Path | None = None
         self._worker: MeasurementWorker | None = None
 
@@ -111,13 +120,37 @@ class LatencyLUT:
     @classmethod
     def build(cls, space, target: LatencyTarget | None = None, protocol: MeasurementProtocol | None = None,
               progress: bool = True, path: str | Path | None = None, calibration: int = 30,
-              seed: int = 1_000_003) -> "LatencyLUT":
+              seed: int = 1_000_003, *, host_check: bool = True, override: str = HOST_OVERRIDE) -> "LatencyLUT":
         """Measure every reachable block of ``space`` on ``target``, then fit the overhead term.
 
         With ``path``, partial results are written atomically every few seconds and an
-        existing partial table for the same target is resumed. ``calibration`` whole
-        networks (sampled with ``seed``) fit the correction; they are recorded so a
-        validation can hold them out.
+        existing partial table for the same target is resumed -- unless it was measured on
+        another host (:meth:`check_host`; ``host_check=False`` resumes it anyway, ``override``
+        says how in the error). ``calibration`` whole networks (sampled with ``seed``) fit
+        the correction; they are recorded so a validation can hold them out.
+        """
+        target = target or LatencyTarget()
+        resume = cls.load(path, target=target) if path is not None and Path(path).exists() else None
+        lut = None
+        for lut in cls.build_steps(space, target, protocol, progress=progress, calibration=calibration, seed=seed,
+                                   resume=resume, host_check=host_check, override=override):
+            if path is not None:
+                lut.save(path)
+        lut.path = Path(path) if path is not None else None
+        return lut
+
+    @classmethod
+    def build_steps(cls, space, target: LatencyTarget | None = None, protocol: MeasurementProtocol | None = None,
+                    progress: bool = True, calibration: int = 30, seed: int = 1_000_003, *,
+                    resume: "LatencyLUT | None" = None, host_check: bool = True, override: str = HOST_OVERRIDE,
+                    save_every_s: float = SAVE_EVERY_S) -> Iterator["LatencyLUT"]:
+        """:meth:`build` one step at a time: yields the table being built (one object, growing) every
+        ``save_every_s`` of block measurements, once the blocks are done, and complete at the end.
+
+        Each yield is a moment to save it: a table saved then and passed back as ``resume``
+        continues where it stopped (its entries and calibration networks are kept). The
+        build's own process need not be the one that saves (the Ray actor builds on the
+        device's node and the driver saves, :mod:`evaluators.latency.ray_actor`).
         """
         from tqdm import tqdm
 
@@ -127,12 +160,16 @@ class LatencyLUT:
         blocks = space_blocks(sp, target.input_size)
         lut = cls(target, {}, protocol=protocol, space=sp.to_dict(),
                   meta={"space_name": sp.name, "blocks_in_space": len(blocks), "complete": False})
-        if path is not None and Path(path).exists():
-            old = cls.load(path, target=target)
-            lut.entries = {k: v for k, v in old.entries.items() if k in blocks}
-            lut.overhead = old.overhead
-            lut.meta.update({k: v for k, v in old.meta.items() if k.startswith("build_")})
-        lut.path = Path(path) if path is not None else None
+        if resume is not None and resume.target != target:
+            raise LatencyError(f"cannot resume a table built for {resume.target.describe()} as one for "
+                               f"{target.describe()}")
+        lut.host = host_identity(target)  # this process runs where the worker measures
+        if resume is not None:
+            if host_check:
+                resume.check_host(lut.host, override)  # entries of two hosts are not one table
+            lut.entries = {k: v for k, v in resume.entries.items() if k in blocks}
+            lut.overhead = resume.overhead
+            lut.meta.update({k: v for k, v in resume.meta.items() if k.startswith("build_")})
         todo = [k for k in blocks if k not in lut.entries]
         calib_archs = sp.sample(calibration, seed=seed) if calibration else []
         ref_size = target.input_size or sp.spec.input_size  # paired timing: the reference at the networks' size
@@ -146,8 +183,8 @@ class LatencyLUT:
                 for key in todo:
                     lut.entries[key] = lut._speed_tagged(_entry(w.block_latency(blocks[key], ref_size)), w)
                     bar.update()
-                    if lut.path and time.monotonic() - last_save > SAVE_EVERY_S:
-                        lut.save(lut.path)
+                    if time.monotonic() - last_save > save_every_s:
+                        yield lut
                         last_save = time.monotonic()
             # One more pass for blocks whose spread never settled: keep the steadier measurement.
             for key in [k for k, e in lut.entries.items() if e.get("flagged")]:
@@ -157,14 +194,11 @@ class LatencyLUT:
             if protocol.reference_every:
                 w.reference()  # closing check, so drift spans the whole build
             lut.meta["drift"] = {k: v for k, v in w.drift().items() if k != "history"}
-            if lut.path:
-                lut.save(lut.path)
+            yield lut
             lut.calibrate(calib_archs, worker=w, progress=progress)
         lut.meta.update({"complete": True, "build_seconds": round(time.time() - t_start, 1),
                          "flagged_entries": sum(bool(e.get("flagged")) for e in lut.entries.values())})
-        if lut.path:
-            lut.save(lut.path)
-        return lut
+        yield lut
 
     def calibrate(self, archs: Iterable[Architecture], worker: MeasurementWorker | None = None,
                   progress: bool = False) -> dict:
@@ -217,7 +251,8 @@ class LatencyLUT:
     # ---- persistence --------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"format": LUT_FORMAT, "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "target": self.target.to_dict(), "machine": self.machine, "protocol": self.protocol.to_dict(),
+                "target": self.target.to_dict(), "host": self.host, "machine": self.machine,
+                "protocol": self.protocol.to_dict(),
                 "meta": self.meta, "overhead": self.overhead, "space": self.space,
                 "entries": dict(sorted(self.entries.items()))}
 
@@ -226,9 +261,10 @@ class LatencyLUT:
 
     @classmethod
     def load(cls, path: str | Path, target: LatencyTarget | Mapping | None = None,
-             fallback: str = "error") -> "LatencyLUT":
+             fallback: str = "error", host: dict | None = None, override: str = HOST_OVERRIDE) -> "LatencyLUT":
         """Load a table; with ``target`` (a LatencyTarget, or a dict of the fields that must match),
-        a table built for anything else is a one-line error."""
+        a table built for anything else is a one-line error. With ``host`` (a
+        :func:`~evaluators.latency.target.host_identity`), see :meth:`check_host`."""
         p = Path(path)
         if not p.is_file():
             raise LatencyError(f"{p}: lookup table not found; build it with 'shufflenas lut build SPACE --out {p}'")
@@ -236,6 +272,17 @@ class LatencyLUT:
             data = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise LatencyError(f"{p}: not a readable JSON lookup table ({exc.__class__.__name__})") from None
+        lut = cls.from_dict(data, target, fallback=fallback, source=str(p))
+        lut.path = p
+        if host is not None:
+            lut.check_host(host, override)
+        return lut
+
+    @classmethod
+    def from_dict(cls, data, target: LatencyTarget | Mapping | None = None, fallback: str = "error",
+                  source: str = "lookup table") -> "LatencyLUT":
+        """The table :meth:`to_dict` wrote (``source`` names it in errors); ``target`` as in :meth:`load`."""
+        p = source
         if not isinstance(data, dict) or data.get("format") != LUT_FORMAT:
             raise LatencyError(f"{p}: not a shufflenas latency lookup table (expected format {LUT_FORMAT})")
         built_for = LatencyTarget.from_dict(data["target"], f"{p}: target")
@@ -246,11 +293,24 @@ class LatencyLUT:
             if diff:
                 raise LatencyError(f"{p} was built for another target ({built_for.describe()}); requested "
                                    f"{', '.join(diff)}; build a table for this target with 'shufflenas lut build'")
-        lut = cls(built_for, data["entries"], data.get("overhead"), data.get("machine"),
-                  MeasurementProtocol.model_validate(data.get("protocol") or {}), data.get("space"),
-                  data.get("meta"), fallback=fallback)
-        lut.path = p
-        return lut
+        return cls(built_for, data["entries"], data.get("overhead"), data.get("machine"),
+                   MeasurementProtocol.model_validate(data.get("protocol") or {}), data.get("space"),
+                   data.get("meta"), fallback=fallback, host=data.get("host"))
+
+    def check_host(self, host: dict, override: str = HOST_OVERRIDE) -> None:
+        """Refuse (:class:`LUTHostError`, one line naming the file, both hosts and ``override``) a table
+        tagged with another host than ``host``, the one its predictions stand for; warn
+        (:class:`LUTHostWarning`) for a table from before the tag, which cannot be checked."""
+        where = f"{self.path}: " if self.path else ""
+        if not self.host:
+            warnings.warn(f"{where}lookup table without a host tag (built before tables were tagged), so it "
+                          f"cannot be checked against {describe_host(host)}; rebuild it on that host to tag it",
+                          LUTHostWarning, stacklevel=2)
+            return
+        diff = host_differences(self.host, host)
+        if diff:
+            raise LUTHostError(f"{where}lookup table built on {describe_host(self.host)}, but latency is measured "
+                               f"on {describe_host(host)} ({', '.join(diff)} differ); {override}")
 
     # ---- prediction -----------------------------------------------------------------
     def block_ms(self, arch: Architecture) -> dict[str, tuple[str, float]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 from functools import lru_cache
 from typing import Literal, Optional
 
@@ -33,6 +34,14 @@ class ExportError(LatencyError):
 
 class LUTMissingError(LatencyError):
     """A lookup table without an entry for a block the architecture needs."""
+
+
+class LUTHostError(LatencyError):
+    """A lookup table built on another host than the one whose latency it is used for."""
+
+
+class LUTHostWarning(UserWarning):
+    """A lookup table without a host tag (built before tables were tagged): it cannot be checked."""
 
 
 class LatencyTarget(Frozen):
@@ -193,9 +202,42 @@ def machine_info(device: str = "cpu") -> dict:
     import onnxruntime
     import torch
 
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(terse=True),
+    info = {"hostname": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(terse=True),
             "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__}
     if device == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+#: what identifies the host a latency is measured on, in the order they are described
+HOST_FIELDS = ("hostname", "cpu", "gpu", "runtime", "runtime_version", "threads")
+
+
+def host_identity(target: LatencyTarget, machine: dict | None = None) -> dict:
+    """The host a latency for ``target`` is measured on: hostname, processor model (and GPU on cuda),
+    runtime and its version, threads. A lookup table is tagged with it and only used where it matches.
+
+    ``machine`` is a :func:`machine_info` taken where the measuring happens (a worker's); without it,
+    this process's.
+    """
+    m = machine if machine is not None else machine_info(target.device)
+    version = m.get("onnxruntime") if target.runtime == "onnxruntime" else m.get("torch")
+    host = {"hostname": m.get("hostname") or socket.gethostname(), "cpu": m.get("cpu"),
+            "runtime": target.runtime, "runtime_version": version, "threads": target.threads}
+    if target.device == "cuda":
+        host["gpu"] = m.get("gpu")
+    return {k: host[k] for k in HOST_FIELDS if k in host}
+
+
+def describe_host(host: dict) -> str:
+    """``hostname (processor, runtime version, N thread(s))`` on one line."""
+    parts = [host.get("cpu"), host.get("gpu"),
+             " ".join(str(v) for v in (host.get("runtime"), host.get("runtime_version")) if v),
+             f"{host['threads']} thread(s)" if host.get("threads") is not None else None]
+    return f"{host.get('hostname', '?')} ({', '.join(str(p) for p in parts if p)})"
+
+
+def host_differences(have: dict, want: dict) -> list[str]:
+    """The fields of :data:`HOST_FIELDS` in which two host identities differ."""
+    return [k for k in HOST_FIELDS if (k in have or k in want) and have.get(k) != want.get(k)]
