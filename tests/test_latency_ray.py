@@ -55,3 +55,64 @@ def test_actor_measures_on_the_resource_node(ray_local, tiny_arch):
         latency_actor(LatencyTarget(), resource="gpu_phone")
     ray.get(handle.close.remote())
     ray.kill(handle)
+
+
+MICRO_SPACE = """
+name: micro
+input_size: 16
+num_classes: 10
+stem: {channels: 8, stride: 1, maxpool: false}
+stages:
+  - {unit: v2, channels: 16, depth: 1}
+head_channels: [null]
+"""  # three blocks: stem, one unit, head
+
+#: whole networks timed as briefly as blocks, in one session: in the build's own worker process
+FAST_LUT = FAST.model_copy(update={"network_seconds": 0.0, "network_sessions": 1})
+
+
+@pytest.mark.slow
+def test_lut_is_built_on_the_device_node_and_resumes(ray_local, tmp_path):
+    """On a cluster the table is measured by the latency actor on the node offering latency_device;
+    the driver saves each copy it streams, so a killed build resumes from the driver's file."""
+    import json
+
+    from evaluators.latency.lut import LatencyLUT, space_blocks
+    from evaluators.latency.ray_actor import LatencyActorHandle, load_or_build_on_device
+    from evaluators.latency.target import host_identity
+    from search_space import SearchSpace
+
+    space = SearchSpace.from_yaml(MICRO_SPACE)
+    handle = LatencyActorHandle(LatencyTarget(), protocol=FAST)
+    path = tmp_path / "lut.json"
+    lut = load_or_build_on_device(handle, space, path, FAST_LUT, calibration=1, save_every_s=0.0)
+    node_host = handle.call("host")
+    assert node_host == host_identity(LatencyTarget())  # (one machine: the device node is this one)
+    saved = json.loads(path.read_text())
+    assert saved["host"] == lut.host == node_host and saved["meta"]["complete"]
+    assert set(saved["entries"]) == set(space_blocks(space)) and len(saved["overhead"]["calibration"]) == 1
+    assert lut.path == path and lut.predict(space.sample(seed=0)) > 0
+
+    # a build killed after one block: the driver's copy is resumed, its entries and calibration kept
+    first = next(iter(saved["entries"]))
+    partial = {**saved, "entries": {first: saved["entries"][first]}, "meta": {**saved["meta"], "complete": False}}
+    path.write_text(json.dumps(partial))
+    resumed = load_or_build_on_device(handle, space, path, FAST_LUT, calibration=1, save_every_s=0.0)
+    assert resumed.entries[first] == saved["entries"][first] and len(resumed.entries) == 3
+    assert resumed.overhead["calibration"] == saved["overhead"]["calibration"]
+    assert json.loads(path.read_text())["meta"]["complete"] and resumed.host == node_host
+
+    # a complete table is loaded, not rebuilt; one tagged with another host is refused in one line
+    assert load_or_build_on_device(handle, space, path, FAST_LUT).entries == resumed.entries
+    other = {**json.loads(path.read_text()), "host": {**node_host, "hostname": "elsewhere"}}
+    path.write_text(json.dumps(other))
+    from evaluators.latency.target import LUTHostError
+
+    with pytest.raises(LUTHostError) as ei:
+        load_or_build_on_device(handle, space, path, FAST_LUT, override="OVERRIDE")
+    msg = str(ei.value)
+    assert msg.startswith(f"{path}: lookup table built on elsewhere (") and msg.endswith("(hostname differ); OVERRIDE")
+    assert f"measured on {node_host['hostname']} (" in msg and "\n" not in msg
+    assert load_or_build_on_device(handle, space, path, FAST_LUT, host_check=False).host["hostname"] == "elsewhere"
+    assert LatencyLUT.load(path).entries == resumed.entries
+

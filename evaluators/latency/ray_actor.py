@@ -15,6 +15,11 @@ When the actor's node leaves the cluster, :class:`LatencyActorHandle` creates
 the actor again on another node that offers the resource and repeats the call
 once; when no alive node offers it any more it raises :class:`DeviceNodeLost`.
 
+A lookup table for the device is built there too (:func:`load_or_build_on_device`):
+the actor measures, and streams the table as it grows to the caller, who saves
+it, so a killed driver resumes the build from its own copy. The table is tagged
+with that node's host and refused on any other.
+
 Ray is imported only here, and only when :func:`latency_actor` is called.
 """
 
@@ -22,11 +27,16 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
+from pathlib import Path
 
-from search_space import Architecture
+from search_space import Architecture, SearchSpace
+from search_space.errors import ShuffleNASError
+from search_space.io import atomic_write_json
 
-from .target import LatencyError, LatencyTarget, MeasurementProtocol
+from .lut import HOST_OVERRIDE, LatencyLUT, space_blocks
+from .target import LatencyError, LatencyTarget, MeasurementProtocol, host_identity
 from .worker import MeasurementWorker
 
 DEFAULT_RESOURCE = "latency_device"
@@ -48,6 +58,21 @@ class LatencyActor:
 
     def drift(self) -> dict:
         return self.worker.drift()
+
+    def host(self) -> dict:
+        """:func:`~evaluators.latency.target.host_identity` of this node for the actor's target."""
+        return host_identity(self.worker.target)
+
+    def build_lut(self, space: dict, protocol: dict, partial: dict | None, calibration: int, seed: int,
+                  save_every_s: float):
+        """Build a lookup table on this node (resuming ``partial``, a ``LatencyLUT.to_dict()``); a generator
+        (a Ray streaming method): yields the table's ``to_dict()`` as it grows, the last one complete."""
+        resume = LatencyLUT.from_dict(partial, self.worker.target, source="partial lookup table") if partial else None
+        for lut in LatencyLUT.build_steps(SearchSpace.from_dict(space), self.worker.target,
+                                          MeasurementProtocol.model_validate(protocol), progress=False,
+                                          calibration=calibration, seed=seed, resume=resume, host_check=False,
+                                          save_every_s=save_every_s):
+            yield lut.to_dict()
 
     def info(self) -> dict:
         self.worker.start()
@@ -187,3 +212,62 @@ class LatencyActorHandle:
         return DeviceNodeLost(
             f"the node offering {self.resource!r} left the Ray cluster; no node offers it now -- "
             f"restart that node (ray start --address=HEAD:PORT --resources='{{\"{self.resource}\": 1}}')")
+
+
+def ray_connected() -> bool:
+    """Whether this process is connected to a Ray cluster (Ray is not imported to find out)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def load_or_build_on_device(handle: LatencyActorHandle, space, path: str | Path,
+                            protocol: MeasurementProtocol | None = None, *, calibration: int = 30,
+                            seed: int = 1_000_003, host_check: bool = True, override: str = HOST_OVERRIDE,
+                            progress: bool = False, save_every_s: float = 10.0) -> LatencyLUT:
+    """The lookup table at ``path`` for the node of ``handle``'s actor (the target device).
+
+    A complete table there is loaded and checked against that node's host
+    (:meth:`LatencyLUT.check_host`; ``host_check=False`` skips it, ``override`` says how in the
+    error). Otherwise the actor builds it on its node, resuming a partial table at ``path``
+    (checked the same way), and sends it every ``save_every_s`` while it grows: each copy is
+    written atomically at ``path`` here, so a search killed mid-build resumes it. If the
+    actor's node is lost mid-build the build resumes, once, on another node offering the
+    resource, from the last copy -- which that node refuses if it is another host.
+    """
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+    from tqdm import tqdm
+
+    sp = space if isinstance(space, SearchSpace) else SearchSpace.from_dict(space)
+    path = Path(path)
+    protocol = protocol or MeasurementProtocol.quick()
+    for attempt in (1, 2):
+        host = handle.call("host")
+        lut = LatencyLUT.load(path, handle.target, host=host if host_check else None,
+                              override=override) if path.is_file() else None
+        if lut is not None and lut.meta.get("complete", True):
+            return lut
+        total = len(space_blocks(sp, handle.target.input_size))
+        bar = tqdm(total=total, initial=len(lut.entries) if lut else 0, unit="block", disable=not progress,
+                   desc=f"LUT {sp.name} on {host['hostname']}", dynamic_ncols=True)
+        try:
+            with bar:
+                data = None
+                for ref in handle.actor().build_lut.remote(sp.to_dict(), protocol.to_dict(),
+                                                           lut.to_dict() if lut else None, calibration, seed,
+                                                           save_every_s):
+                    data = ray.get(ref)
+                    atomic_write_json(path, data)
+                    bar.update(len(data["entries"]) - bar.n)
+            lut = LatencyLUT.from_dict(data, handle.target, source=str(path))
+            lut.path = path
+            return lut
+        except RayTaskError as exc:  # raised on the node: a one-line error of ours stays one line
+            if isinstance(exc.cause, ShuffleNASError):
+                raise exc.cause.with_traceback(None) from None
+            raise
+        except RayActorError:
+            if attempt == 2:
+                raise
+            handle._recreate()
+    raise AssertionError("unreachable")
