@@ -81,6 +81,9 @@ class LatencySpec(Frozen):
     budget_ms: Optional[float] = Field(None, gt=0)
     #: re-measure the final Pareto set on the device (always done when mode is lut)
     remeasure_front: bool = True
+    #: lut: refuse a table tagged with another host than the one latency is measured on (the node
+    #: offering latency_device on a Ray cluster, else this machine); false = use it anyway
+    lut_host_check: bool = True
 
     @model_validator(mode="after")
     def _lut_needs_path(self):
@@ -335,6 +338,7 @@ class Experiment(Frozen):
             d["search"].pop(k, None)
         for k in ("address", "max_failures"):
             d["search"]["ray"].pop(k, None)
+        d["latency"].pop("lut_host_check", None)  # the override of a check, not what is searched
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:

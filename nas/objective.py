@@ -65,24 +65,53 @@ def latency_protocol(exp: Experiment):
         if exp.latency.protocol else None
 
 
-def load_or_build_lut(exp: Experiment, space: SearchSpace, progress: bool = False):
-    """The experiment's LUT: loaded (checked against the target) or built there, resumably."""
-    from evaluators.latency import LatencyLUT
+#: what to do about a lookup table tagged with another host (said in the error that refuses it)
+LUT_HOST_OVERRIDE = ("move it away and the search builds one on that host, or set latency.lut_host_check: false "
+                     "to use it anyway")
+
+
+def load_or_build_lut(exp: Experiment, space: SearchSpace, progress: bool = False, check_host: bool = False,
+                      device=None):
+    """The experiment's LUT: loaded (checked against the target) or built there, resumably.
+
+    In a process connected to the Ray cluster of a ray-backend search it is built on the node
+    offering ``latency_device``, through the latency actor (``device``, a ``LatencyActorHandle``;
+    by default a new handle, whose actor lives as long as it does), and checked against that
+    node's host; otherwise here, and ``check_host`` checks it against this machine. A table
+    tagged with another host is refused unless ``latency.lut_host_check`` is false; an
+    untagged one warns.
+    """
+    from evaluators.latency import LatencyLUT, ray_actor
+    from evaluators.latency.target import host_identity
 
     target = latency_target(exp)
     path = Path(exp.latency.lut)
+    host_check = exp.latency.lut_host_check
+    if exp.search.backend == "ray":
+        if device is not None or ray_actor.ray_connected():
+            handle = device or ray_actor.LatencyActorHandle(target, ray_actor.DEFAULT_RESOURCE, latency_protocol(exp))
+            return ray_actor.load_or_build_on_device(handle, space, path, latency_protocol(exp), progress=progress,
+                                                     host_check=host_check, override=LUT_HOST_OVERRIDE)
+    host = host_identity(target) if check_host and host_check else None
     if path.is_file():
-        return LatencyLUT.load(path, target)
-    lut = LatencyLUT.build(space, target, protocol=latency_protocol(exp), progress=progress, path=path)
+        lut = LatencyLUT.load(path, target, host=host, override=LUT_HOST_OVERRIDE)
+        if lut.meta.get("complete", True):
+            return lut  # (a partial one, left by a killed build, is resumed below)
+    lut = LatencyLUT.build(space, target, protocol=latency_protocol(exp), progress=progress, path=path,
+                           host_check=host_check, override=LUT_HOST_OVERRIDE)
     lut.save(path)
     return lut
 
 
 def prepare(exp: Experiment, progress: bool = True) -> None:
-    """One-off preparation in the driver before trials run: build the LUT / train the supernet if absent."""
+    """One-off preparation in the driver before trials run: build the LUT / train the supernet if absent.
+
+    The ray backend loads or builds the LUT itself once it has joined the cluster, on the node
+    offering ``latency_device`` (:func:`load_or_build_lut`), not here on the driver's machine.
+    """
     space = exp.load_space()
-    if exp.latency.mode == "lut":
-        load_or_build_lut(exp, space, progress=progress)
+    if exp.latency.mode == "lut" and exp.search.backend != "ray":
+        load_or_build_lut(exp, space, progress=progress, check_host=True)
     acc = exp.accuracy
     if acc.method == "supernet" and supernet_unfinished(exp):
         from evaluators.supernet import SupernetConfig, train_supernet

@@ -116,3 +116,42 @@ def test_lut_is_built_on_the_device_node_and_resumes(ray_local, tmp_path):
     assert load_or_build_on_device(handle, space, path, FAST_LUT, host_check=False).host["hostname"] == "elsewhere"
     assert LatencyLUT.load(path).entries == resumed.entries
 
+
+@pytest.mark.slow
+def test_search_on_a_cluster_takes_its_lut_through_the_actor(ray_local, tmp_path, monkeypatch):
+    """A ray-backend search connected to the cluster loads (or builds) its table through the latency actor,
+    checked against the device node's host, with the experiment's override."""
+    import yaml
+
+    from evaluators.latency import ray_actor
+    from evaluators.latency.target import LUTHostError
+    from nas.experiment import experiment_from_dict
+    from nas.objective import load_or_build_lut
+    from search_space import SearchSpace
+
+    from evaluators.latency.lut import LatencyLUT, space_blocks
+
+    path = tmp_path / "lut.json"
+    space = SearchSpace.from_yaml(MICRO_SPACE)
+    keep = ray_actor.LatencyActorHandle(LatencyTarget(), protocol=FAST)  # the actor lives while its creator's
+    node_host = keep.call("host")                                        # handle does: one actor for the test
+    entry = {"median_ms": 0.01, "p90_ms": 0.01, "iqr_rel": 0.0, "runs": 10, "attempts": 1, "flagged": False}
+    built = LatencyLUT(LatencyTarget(), {k: entry for k in space_blocks(space)}, space=space.to_dict(),
+                       host=node_host, meta={"complete": True})  # (measured tables: the test above)
+    built.save(path)
+    calls = []
+    real = ray_actor.load_or_build_on_device
+    monkeypatch.setattr(ray_actor, "load_or_build_on_device", lambda *a, **k: calls.append(k) or real(*a, **k))
+
+    def exp(**latency):
+        return experiment_from_dict({"space": yaml.safe_load(MICRO_SPACE), "output": str(tmp_path / "run"),
+                                     "search": {"backend": "ray"},
+                                     "latency": {"mode": "lut", "lut": str(path), **latency}}, base_dir=tmp_path)
+
+    assert load_or_build_lut(exp(), space).entries == built.entries
+    assert calls[-1]["host_check"] is True
+    path.write_text(path.read_text().replace(f'"hostname": "{built.host["hostname"]}"', '"hostname": "elsewhere"'))
+    with pytest.raises(LUTHostError, match="elsewhere.*set latency.lut_host_check: false to use it anyway$"):
+        load_or_build_lut(exp(), space)
+    assert load_or_build_lut(exp(lut_host_check=False), space).host["hostname"] == "elsewhere"
+    assert len(calls) == 3

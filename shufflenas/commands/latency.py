@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import click
 
 from evaluators.latency import LatencyTarget, MeasurementProtocol, measure
+from evaluators.latency.target import LUTHostWarning, describe_host, host_identity
 
 from ..output import arch_options, emit, resolve_arch, table
 
@@ -37,6 +39,29 @@ def protocol_option(f):
                           "thread's CPU time per run (1 thread only), a load-robust proxy on a shared machine")(f)
     return click.option("--min-time", type=click.FloatRange(0.0, 600.0), metavar="SECONDS",
                         help="time each network for at least this long [1.0]")(f)
+
+
+def host_check_option(what: str):
+    return click.option("--no-host-check", is_flag=True,
+                        help=f"{what} a table tagged with another host than this machine (hostname, processor, "
+                             f"runtime and version, threads)")
+
+
+def check_lut_host(lut, skip: bool, override: str) -> dict:
+    """This machine's host identity; a table tagged with another is refused unless ``skip``, and an
+    untagged one (built before tables were tagged) is a warning on stderr."""
+    here = host_identity(lut.target)
+    if not skip:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", LUTHostWarning)
+            lut.check_host(here, override)
+        for w in caught:
+            click.echo(f"shufflenas: warning: {w.message}", err=True)
+    return here
+
+
+def built_on(lut) -> str:
+    return describe_host(lut.host) if lut.host else "an untagged host (built before tables were tagged)"
 
 
 def make_protocol(min_time: float | None, quick: bool = False, clock: str | None = None) -> MeasurementProtocol:
@@ -70,7 +95,8 @@ def latency(preset, arch_file, device, runtime, threads, batch, input_size, dtyp
         lut = LatencyLUT.load(lut_path, target=given or None)
         r = lut.latency(arch)
         out = r.to_dict()
-        text = table([_result_row(arch.name, r)]) + f"\ntarget: {lut.target.describe()} (LUT {lut_path})"
+        text = (table([_result_row(arch.name, r)]) + f"\ntarget: {lut.target.describe()} (LUT {lut_path}, "
+                f"built on {built_on(lut)})")
         if show_blocks:
             out["blocks"] = lut.breakdown(arch)
             text += "\n\n" + table([{"block": k, "ms": round(v, 4)} for k, v in out["blocks"].items()])
@@ -102,9 +128,10 @@ def lut():
 @click.option("--calibration", type=click.IntRange(0, 1000), default=10, show_default=True,
               help="whole networks measured to fit the per-network overhead")
 @click.option("--count", "count_only", is_flag=True, help="only count the block configurations to measure")
+@host_check_option("resume")
 @click.option("--json", "as_json", is_flag=True)
 def lut_build(space_file, out_path, device, runtime, threads, batch, input_size, dtype, min_time, clock, calibration,
-              count_only, as_json):
+              count_only, no_host_check, as_json):
     """Measure every block configuration SPACE can produce (with a progress bar)."""
     from search_space import load_space
 
@@ -118,12 +145,14 @@ def lut_build(space_file, out_path, device, runtime, threads, batch, input_size,
              f"space {sp.name}: {n:,} block configurations to measure on {target.describe()}")
         return
     table_ = LatencyLUT.build(sp, target, make_protocol(min_time, quick=True, clock=clock), progress=not as_json,
-                              path=out_path, calibration=calibration)
+                              path=out_path, calibration=calibration, host_check=not no_host_check,
+                              override="move it away to start afresh, or pass --no-host-check to resume it anyway")
     o, m = table_.overhead, table_.meta
-    out = {"path": str(out_path), "blocks": len(table_), "target": target.to_dict(), "overhead":
-           {k: v for k, v in o.items() if k != "calibration"}, "meta": m}
+    out = {"path": str(out_path), "blocks": len(table_), "target": target.to_dict(), "host": table_.host,
+           "overhead": {k: v for k, v in o.items() if k != "calibration"}, "meta": m}
     drift = m.get("drift", {})
     text = (f"{out_path}: {len(table_):,} blocks on {target.describe()} in {m.get('build_seconds')} s; "
+            f"built on {built_on(table_)}; "
             f"{m.get('flagged_entries', 0)} flagged\n"
             f"network correction ({o.get('fit')}): a={o['a']:.4f} c={o.get('c_ms', 0) * 1000:.1f} us/block "
             f"b={o['b_ms'] * 1000:.1f} us; calibration MAPE {o.get('fit_mape', float('nan')):.2%} on "
@@ -142,15 +171,21 @@ def lut_build(space_file, out_path, device, runtime, threads, batch, input_size,
 @click.option("--sessions", type=click.IntRange(1, 100), metavar="N",
               help="measure each network in N worker sessions and keep the median [the table's network_sessions]")
 @protocol_option
+@host_check_option("validate")
 @click.option("--json", "as_json", is_flag=True)
-def lut_validate(lut_path, samples, space_file, seed, sessions, min_time, clock, as_json):
-    """Measure held-out architectures and compare with the table's predictions."""
+def lut_validate(lut_path, samples, space_file, seed, sessions, min_time, clock, no_host_check, as_json):
+    """Measure held-out architectures and compare with the table's predictions.
+
+    The measurements are made here, so a table tagged with another host is refused
+    (--no-host-check to validate it here anyway)."""
     from search_space import SearchSpace, load_space
 
     from evaluators.latency.lut import LatencyLUT
     from evaluators.latency.validation import ANCHORS, held_out_sample, validate_lut
 
     table_ = LatencyLUT.load(lut_path)
+    here = check_lut_host(table_, no_host_check,
+                          "validate it on that host, or pass --no-host-check to validate it here anyway")
     if space_file:
         sp = load_space(space_file)
     elif table_.space:
@@ -166,6 +201,7 @@ def lut_validate(lut_path, samples, space_file, seed, sessions, min_time, clock,
     protocol = table_.protocol.for_networks()
     protocol = protocol if min_time is None else protocol.model_copy(update={"min_seconds": min_time})
     rep = validate_lut(table_, archs, protocol, sessions=sessions, seed=seed, progress=not as_json)
+    rep.update(lut_host=table_.host, host=here)
     emit(rep, as_json, format_validation(rep, ANCHORS))
 
 
@@ -188,6 +224,9 @@ def format_validation(rep: dict, anchors: dict) -> str:
                   f"{sp['max']:.2f}x the table's): MAPE {sc['mape']:.2%}, within +/-10% {sc['within_10']:.1%}, "
                   f"Spearman {sc.get('spearman', float('nan')):.3f}"]
     lines += ["published within +/-10%: " + ", ".join(f"{k} {v:.1%}" for k, v in anchors.items())]
+    if "host" in rep:
+        lines.append(f"measured on {describe_host(rep['host'])}; table built on "
+                     + (describe_host(rep["lut_host"]) if rep.get("lut_host") else "an untagged host"))
     if not rep["same_machine"]:
         lines.append("warning: this machine differs from the one the table was built on (processor or versions)")
     return "\n".join(lines)
