@@ -18,6 +18,9 @@ On a multi-node cluster ``storage`` must be a folder every node can reach
 
 Requests beyond what the cluster offers (workers x CPUs, GPUs) are refused in
 one line before anything trains.
+
+Written against Ray 2.60's Train API (Train V2, its default: ``ray.train.torch.TorchTrainer``,
+``RunConfig(worker_runtime_env=...)``, ``ray.train.TrainingFailedError`` with ``worker_failures``).
 """
 
 from __future__ import annotations
@@ -188,7 +191,7 @@ def train_supernet_distributed(space: SearchSpace, data, config: SupernetConfig 
     try:
         storage.mkdir(parents=True, exist_ok=True)
         ident_file.write_text(json.dumps(ident))
-        loopback = not address and started
+        loopback = all(n["NodeManagerAddress"].startswith("127.") for n in ray.nodes() if n.get("Alive"))
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config={
