@@ -15,7 +15,13 @@
 
 All are higher-is-better. With ``data=None`` the batch is seeded Gaussian
 noise with random labels (documented proxy-without-data mode); given a
-dataset, it is a seeded batch of training images. Same seed => same score.
+dataset, it is a seeded batch of training images. Same seed => same score
+(on the CPU, bit for bit at a given thread count; see ``evaluators.device``).
+
+``device`` (auto, cpu, cuda, cuda:N, mps) is where the network runs; the batch
+and the initial weights are drawn on the CPU first, so every device scores the
+same network on the same batch. No mixed precision: the scores are sums over
+every weight. MPS has no float64, so synflow runs on the CPU there.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from search_space import Architecture, build_model
 from search_space.errors import ShuffleNASError
 
 from .base import AccuracyResult, EpochCallback
+from .device import check_device_setting, resolve_device
 
 
 class ZeroCostError(ShuffleNASError):
@@ -39,12 +46,14 @@ class ZeroCostError(ShuffleNASError):
 
 
 def synflow(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    if x.device.type == "mps":  # no float64 there
+        model, x = model.cpu(), x.cpu()
     model = model.double().eval()
     with torch.no_grad():
         for p in model.parameters():
             p.abs_()
     model.zero_grad()
-    out = model(torch.ones((1, *x.shape[1:]), dtype=torch.float64))
+    out = model(torch.ones((1, *x.shape[1:]), dtype=torch.float64, device=x.device))
     out.sum().backward()
     total = sum(float((p.detach() * p.grad).abs().sum()) for p in model.parameters() if p.grad is not None)
     return math.log10(total) if total > 0 else float("-inf")
@@ -56,7 +65,8 @@ def naswot(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     def hook(_module, inputs):  # a pre-hook: ReLU(inplace=True) overwrites its input
         nonlocal k
         c = (inputs[0].detach().flatten(1) > 0).float()
-        k += (c @ c.T + (1 - c) @ (1 - c).T).double()  # summed per layer: never holds all codes at once
+        # summed per layer on the CPU in float64 (never all codes at once; MPS has no float64)
+        k += (c @ c.T + (1 - c) @ (1 - c).T).double().cpu()
 
     handles = [m.register_forward_pre_hook(hook) for m in model.modules()
                if isinstance(m, (nn.ReLU, nn.Hardswish))]
@@ -96,16 +106,19 @@ def _batch(arch: Architecture, batch_size: int, seed: int, data=None) -> tuple[t
         raise ZeroCostError(f"data {data.name} is {data.in_channels}x{data.input_size}x{data.input_size}; "
                             f"the architecture expects {arch.in_channels}x{arch.input_size}x{arch.input_size}")
     return next(batches(data.train, batch_size, shuffle=True, augment=False, generator=gen,
-                        mean=data.mean, std=data.std))
+                        mean=data.mean, std=data.std, workers=0))  # one batch: no loader processes
 
 
-def score(arch: Architecture, proxy: str, *, batch_size: int = 64, seed: int = 0, data=None) -> float:
-    """The ``proxy`` score of ``arch`` initialised with ``seed`` (higher is better)."""
+def score(arch: Architecture, proxy: str, *, batch_size: int = 64, seed: int = 0, data=None,
+          device: str = "auto") -> float:
+    """The ``proxy`` score of ``arch`` initialised with ``seed`` (higher is better), computed on ``device``."""
     if proxy not in PROXIES:
         raise ZeroCostError(f"unknown zero-cost proxy {proxy!r}; choose from {', '.join(PROXIES)}")
+    dev = resolve_device(device)
     x, y = _batch(arch, batch_size, seed, data)
     torch.manual_seed(seed)
-    return PROXIES[proxy](build_model(arch), x, y)
+    model = build_model(arch)
+    return PROXIES[proxy](model.to(dev), x.to(dev), y.to(dev))
 
 
 class ZeroCostEvaluator:
@@ -117,9 +130,10 @@ class ZeroCostEvaluator:
     """
 
     def __init__(self, proxy: str = "synflow", data=None, *, batch_size: int = 64, seed: int = 0,
-                 subset: Optional[int] = 2000, threads: Optional[int] = None):
+                 subset: Optional[int] = 2000, threads: Optional[int] = None, device: str = "auto"):
         if proxy not in PROXIES:
             raise ZeroCostError(f"unknown zero-cost proxy {proxy!r}; choose from {', '.join(PROXIES)}")
+        self.device = check_device_setting(device)  # well-formed now; present where it scores (a Ray worker)
         self.proxy, self.name = proxy, f"zero_cost:{proxy}"
         self._data, self.batch_size, self.seed, self.subset, self.threads = data, batch_size, seed, subset, threads
         self._splits: dict[tuple[int, int], object] = {}
@@ -138,8 +152,9 @@ class ZeroCostEvaluator:
     def evaluate(self, arch: Architecture, callback: EpochCallback | None = None) -> AccuracyResult:
         if self.threads:
             torch.set_num_threads(self.threads)
+        dev = resolve_device(self.device)  # before any data is loaded
         data = self._data_for(arch)
         t0 = time.perf_counter()
-        s = score(arch, self.proxy, batch_size=self.batch_size, seed=self.seed, data=data)
+        s = score(arch, self.proxy, batch_size=self.batch_size, seed=self.seed, data=data, device=str(dev))
         return AccuracyResult(accuracy=s, seconds=time.perf_counter() - t0, epochs=0,
-                              extra={"proxy": self.proxy, "higher_is_better": True})
+                              extra={"proxy": self.proxy, "higher_is_better": True, "device": str(dev)})
