@@ -6,6 +6,7 @@ does not import beside the CPU torch build used here.
 """
 
 import json
+import math
 from collections import OrderedDict
 from pathlib import Path
 
@@ -19,17 +20,25 @@ REF = json.loads((Path(__file__).parent / "data" / "torchvision_shufflenetv2.jso
 
 def torchvision_state_dict(name: str) -> OrderedDict:
     """The weights torchvision's network held when the reference logits were recorded, rebuilt from
-    torchvision's own key list and shapes: the seeded fill of experiments/torchvision_reference.py
-    (randn x 0.1 per float tensor in torchvision's state_dict order, BN variances |v| + 0.5),
-    independent of our model's key order."""
+    torchvision's own key list and shapes, independent of our model's key order: the seeded fill of
+    experiments/torchvision_reference.py, in torchvision's state_dict order (weights randn x
+    sqrt(2 / fan_in), BatchNorm near identity)."""
     g = torch.Generator().manual_seed(0)
     sd = OrderedDict()
     for key, shape in REF["variants"][name]["state_dict"]:
         if key.endswith("num_batches_tracked"):
             sd[key] = torch.tensor(0)
             continue
-        v = torch.randn(shape, generator=g) * 0.1
-        sd[key] = v.abs() + 0.5 if key.endswith("running_var") else v
+        v = torch.randn(shape, generator=g)
+        if len(shape) > 1:
+            v = v * math.sqrt(2.0 / math.prod(shape[1:]))
+        elif key.endswith("running_var"):
+            v = 1 + 0.1 * v.abs()
+        elif key.endswith("weight"):
+            v = 1 + 0.1 * v
+        else:  # bias, running_mean
+            v = 0.1 * v
+        sd[key] = v
     return sd
 
 
