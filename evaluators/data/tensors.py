@@ -186,7 +186,7 @@ def augment_batch(x: torch.Tensor, flip: bool, generator: Optional[torch.Generat
                  rows, cols]
     if flip:
         mask = (torch.rand(n, generator=generator) < 0.5).to(dev)
-        out[mask] = out[mask].flip(-1)
+        out = torch.where(mask[:, None, None, None], out.flip(-1), out)  # no boolean indexing: no GPU sync
     return out
 
 
