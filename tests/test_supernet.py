@@ -9,6 +9,8 @@ import torch
 
 from search_space import SearchSpace, build_model, load_space, profile
 
+from conftest import TINY_SPACE as TINY
+
 
 def tiny_data(n_train=192, n_val=64, size=16, seed=0):
     from evaluators.data import DataSplits, TensorData
@@ -119,8 +121,8 @@ def test_recalibrate_bn_reestimates_statistics(tiny_space):
 
 
 def test_checkpoint_round_trip_and_refusal_of_outside_architectures(tmp_path, tiny_space, tiny_arch):
-    from evaluators.supernet import (Supernet, SupernetConfig, SupernetError, SupernetEvaluator,
-                                     load_supernet, save_checkpoint)
+    from evaluators.supernet import (Supernet, SupernetConfig, SupernetError, SupernetEvaluator, extract_subnet,
+                                     load_supernet, recalibrate_bn, save_checkpoint)
 
     net = Supernet(tiny_space).eval()
     path = save_checkpoint(tmp_path / "s.pt", net, SupernetConfig(), epoch=3)
@@ -130,9 +132,20 @@ def test_checkpoint_round_trip_and_refusal_of_outside_architectures(tmp_path, ti
     arch = tiny_space.sample(seed=4)
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(net(x, arch), loaded(x, arch))
-    ev = SupernetEvaluator(path, tiny_data(), bn_batches=2, batch_size=32)
+    data = tiny_data()
+    ev = SupernetEvaluator(path, data, bn_batches=2, batch_size=32)
     r = ev.evaluate(arch)
-    assert 0.0 <= r.accuracy <= 1.0 and r.epochs == 0 and ev.name == "supernet"
+    assert r.epochs == 0 and ev.name == "supernet" and (r.extra["bn_images"], r.extra["val_images"]) == (64, 64)
+    # the score is the inherited network's accuracy after BN re-estimation on the first 64 shuffled images
+    model = extract_subnet(loaded, arch)
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(data.train), generator=gen)[:64]
+    m, sd = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) * 255.0 for v in (data.mean, data.std))
+    norm = lambda x: (x.float() - m) / sd
+    recalibrate_bn(model, [norm(data.train.x[order[:32]]), norm(data.train.x[order[32:]])])
+    with torch.no_grad():
+        expected = (model(norm(data.val.x)).argmax(1) == data.val.y).float().mean().item()
+    assert r.accuracy == pytest.approx(expected, abs=1e-9)
     outside = tiny_arch.replace(stages=[{"unit": "v2", "channels": 16, "depth": 2, "kernel": 7},
                                         {"unit": "v2", "channels": 32, "depth": 1}])
     with pytest.raises(SupernetError, match="outside the supernet's space.*stages.0.kernel=7"):
@@ -188,8 +201,208 @@ def test_cli_train_and_eval(tmp_path, cli, tiny_space_file, tiny_arch):
     arch.to_yaml(tmp_path / "a.yaml")
     r = cli("supernet", "eval", ckpt, tmp_path / "a.yaml", "--data", "digits", "--bn-batches", "2", "--json")
     assert r.returncode == 0, r.stderr
-    assert 0 <= json.loads(r.stdout)["accuracy"] <= 1
+    got = json.loads(r.stdout)
+    from evaluators.supernet import SupernetEvaluator
+
+    # the command scores exactly what the evaluator does in-process with the same settings
+    here = SupernetEvaluator(ckpt, "digits", bn_images=128).evaluate(arch)
+    assert (got["accuracy"], got["loss"], got["bn_images"]) == (here.accuracy, pytest.approx(here.loss), 128)
+    assert got["fidelity"] is None
+    r = cli("supernet", "eval", ckpt, tmp_path / "a.yaml", "--data", "digits", "--bn-images", "0")
+    assert r.returncode == 0 and "supernet fidelity: none measured" in r.stderr, r.stderr
     tiny_arch.replace(head_channels=128).to_yaml(tmp_path / "outside.yaml")
     r = cli("supernet", "eval", ckpt, tmp_path / "outside.yaml", "--data", "digits")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "shufflenas: error:" in r.stderr and "head_channels=128" in r.stderr
+
+
+# ---- training recipes -------------------------------------------------------------------------
+
+
+def test_schedule_anneals_to_zero_at_the_planned_end_also_when_stopped_and_resumed(tmp_path, tiny_space):
+    from evaluators.supernet import SupernetConfig, load_supernet, train_supernet
+    from evaluators.supernet.train import lr_at
+
+    for schedule in ("cosine", "linear"):
+        cfg = SupernetConfig(lr=0.4, warmup_steps=3, schedule=schedule)
+        lrs = [lr_at(cfg, s, 20) for s in range(20)]
+        assert lrs[:3] == pytest.approx([0.4 / 3, 0.8 / 3, 0.4]) and lrs[-1] == 0.0
+        assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))  # strictly down after the warm-up
+    assert lr_at(SupernetConfig(lr=0.4, warmup_steps=0, schedule="linear"), 9, 20) == pytest.approx(0.2)
+    cfg = SupernetConfig(epochs=2, batch_size=32, lr=0.2, warmup_steps=1)
+    part = tmp_path / "part.pt"
+    train_supernet(tiny_space, tiny_data(), cfg, out=part, progress=False, callback=lambda e, a: True)
+    assert load_supernet(part).history[0]["lr_end"] > 0.05  # stopped half way: not annealed yet
+    train_supernet(tiny_space, tiny_data(), cfg, out=part, progress=False)
+    assert load_supernet(part).history[-1]["lr_end"] == 0.0  # the resumed run ends the planned schedule
+
+
+def test_depth_sampling_uniform_and_balanced(tiny_space):
+    from evaluators.supernet.sampling import PathSampler, step_generator
+
+    for depth, want in (("uniform", 0.5), ("balanced", 2 / 3)):  # choices 1, 2: balanced draws 2 twice as often
+        s = PathSampler(tiny_space, depth=depth)
+        archs = [s.sample(step_generator(0, "path", i, 0)) for i in range(1500)]
+        for stage in (0, 1):
+            share = sum(a.stages[stage].depth == 2 for a in archs) / len(archs)
+            assert abs(share - want) < 0.04, (depth, stage, share)
+        kernels = sum(a.stages[0].kernel == 5 for a in archs) / len(archs)
+        assert abs(kernels - 0.5) < 0.04  # other dimensions stay uniform
+
+
+def test_band_sampling_covers_each_sub_band_and_refuses_an_empty_band(tiny_space):
+    from evaluators.supernet import SupernetError
+    from evaluators.supernet.sampling import PathSampler, macs, step_generator
+
+    costs = sorted(macs(a) for a in tiny_space.sample(60, seed=0))
+    lo, hi = costs[10], costs[50]
+    s = PathSampler(tiny_space, (lo, hi), bins=2)
+    got = [macs(s.sample(step_generator(0, "path", i, 0))) for i in range(200)]
+    assert all(lo <= c <= hi for c in got)
+    mid = (lo + hi) / 2
+    below = sum(c <= mid for c in got) / len(got)
+    assert 0.35 < below < 0.65  # SPOS: a sub-band first, so both halves are drawn about equally
+    with pytest.raises(SupernetError, match="widen --flops-band"):
+        PathSampler(tiny_space, (1.0, 2.0), max_tries=20).sample(step_generator(0, "x"))
+
+
+def test_largest_and_smallest_paths_are_the_spaces_extremes(tiny_space):
+    import itertools
+
+    from evaluators.supernet.sampling import PathSampler, macs
+
+    dims = tiny_space.open_dimensions
+    every = [macs(tiny_space.decode(dict(zip([d.name for d in dims], c))))
+             for c in itertools.product(*[d.choices for d in dims])]
+    assert len(every) == tiny_space.size() == 128
+    s = PathSampler(tiny_space)
+    assert macs(s.largest) == max(every) and macs(s.smallest) == min(every)
+    assert [st.depth for st in s.largest.stages] == [2, 2] and [st.depth for st in s.smallest.stages] == [1, 1]
+
+
+def test_step_paths_depend_on_the_step_only(tiny_space):
+    from evaluators.supernet import SupernetConfig
+    from evaluators.supernet.sampling import PathSampler
+
+    cfg = SupernetConfig.variant("sandwich", sandwich_random=3)
+    a, b = PathSampler(tiny_space), PathSampler(tiny_space)
+    first = a.step_paths(cfg, 7, 100)
+    assert [r for r, _ in first] == ["largest", "smallest", "random", "random", "random"]
+    assert first == b.step_paths(cfg, 7, 100)  # another worker, another process: the same paths
+    assert any(x != y for x, y in zip(first[2:], b.step_paths(cfg, 8, 100)[2:]))
+    warm = SupernetConfig.variant("ofa_warmup")
+    assert [r for r, _ in a.step_paths(warm, 24, 100)] == ["largest"]
+    assert [r for r, _ in a.step_paths(warm, 25, 100)] == ["random"]
+
+
+def test_sandwich_step_sums_label_loss_of_largest_and_distillation_loss_of_the_others(tiny_space):
+    import torch.nn.functional as F
+
+    from evaluators.supernet import SupernetConfig, SupernetRun
+    from evaluators.supernet.train import soft_cross_entropy
+
+    data = tiny_data()
+    cfg = SupernetConfig.variant("sandwich", sandwich_random=1, batch_size=32, grad_clip=None, warmup_steps=1)
+    run = SupernetRun(tiny_space, data, cfg)
+    ref = SupernetRun(tiny_space, data, cfg)  # same seed: the same initial weights
+    x, y = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(1)), data.train.y[:32]
+    paths = run.sampler.step_paths(cfg, 0, run.total)
+    run.step(x, y, 0)
+    teacher = ref.net(x, paths[0][1])
+    loss = F.cross_entropy(teacher, y, label_smoothing=0.1)
+    soft = teacher.detach().softmax(1)
+    for _, arch in paths[1:]:
+        loss = loss + soft_cross_entropy(ref.net(x, arch), soft)
+    loss.backward()
+    for name, p in run.net.weights.items():
+        q = ref.net.weights[name]
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_every_variant_trains_and_resumes_to_the_same_weights(tmp_path, tiny_space):
+    from evaluators.supernet import VARIANTS, SupernetConfig, load_supernet, train_supernet
+
+    data = tiny_data(n_train=96)
+    for name in VARIANTS:
+        cfg = SupernetConfig.variant(name, epochs=2, batch_size=32, lr=0.2, warmup_steps=1)
+        full = load_supernet(train_supernet(tiny_space, data, cfg, out=tmp_path / f"{name}.pt", progress=False))
+        part = tmp_path / f"{name}-part.pt"
+        train_supernet(tiny_space, data, cfg, out=part, progress=False, callback=lambda e, a: True)
+        resumed = load_supernet(train_supernet(tiny_space, data, cfg, out=part, progress=False))
+        assert full.epoch == resumed.epoch == 2, name
+        for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+            assert torch.equal(a, b), (name, k)
+
+
+def test_bn_images_zero_keeps_the_trained_statistics(tmp_path, tiny_space):
+    from evaluators.supernet import SupernetConfig, SupernetEvaluator, extract_subnet, train_supernet
+
+    data = tiny_data()
+    path = train_supernet(tiny_space, data, SupernetConfig(epochs=1, batch_size=32), out=tmp_path / "s.pt",
+                          progress=False)
+    arch = tiny_space.sample(seed=2)
+    kept = SupernetEvaluator(path, data, bn_images=0)
+    r0 = kept.evaluate(arch)
+    model = extract_subnet(kept.supernet, arch).eval()
+    m, sd = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) * 255.0 for v in (data.mean, data.std))
+    with torch.no_grad():
+        expected = (model((data.val.x.float() - m) / sd).argmax(1) == data.val.y).float().mean().item()
+    assert r0.extra["bn_images"] == 0 and r0.accuracy == pytest.approx(expected, abs=1e-9)
+    assert SupernetEvaluator(path, data, bn_images=96).evaluate(arch).extra["bn_images"] == 96
+    with pytest.raises(Exception, match="bn_images or bn_batches, not both"):
+        SupernetEvaluator(path, data, bn_images=96, bn_batches=1)
+
+
+def test_evaluator_refuses_another_space_or_dataset(tmp_path, tiny_space):
+    from evaluators.supernet import Supernet, SupernetConfig, SupernetError, SupernetEvaluator, save_checkpoint
+
+    path = save_checkpoint(tmp_path / "s.pt", Supernet(tiny_space), SupernetConfig(), epoch=1, data="digits")
+    wider = SearchSpace.from_yaml(TINY.replace("[16, 24]", "[16, 24, 32]"))
+    with pytest.raises(SupernetError, match=r"does not contain 'tiny': stages.0.channels \[32\] \(supernet: \[16, 24\]\)"):
+        SupernetEvaluator(path, "digits", space=wider)
+    narrower = SearchSpace.from_yaml(TINY.replace("[16, 24]", "[16]"))
+    SupernetEvaluator(path, "digits", space=narrower)  # a subspace is scored by the same supernet
+    with pytest.raises(SupernetError, match="trained on dataset 'digits', not 'cifar10'"):
+        SupernetEvaluator(path, "cifar10:/nowhere")
+
+
+def test_fidelity_is_recorded_per_checkpoint_content(tmp_path, tiny_space):
+    from evaluators.supernet import (Supernet, SupernetConfig, describe_fidelity, read_fidelity, record_fidelity,
+                                     save_checkpoint)
+
+    path = save_checkpoint(tmp_path / "s.pt", Supernet(tiny_space), SupernetConfig(), epoch=1)
+    assert read_fidelity(path) == [] and "none measured" in describe_fidelity(path)
+    m = {"bn_images": 1024, "n": 20, "kendall_tau": 0.52, "kendall_p": 0.001, "spearman_rho": 0.7,
+         "spearman_p": 0.0005, "top5_overlap": "3/5", "params_kendall_tau": 0.41, "ground_truth": "proxy training"}
+    record_fidelity(path, m)
+    record_fidelity(path, {**m, "bn_images": 0, "kendall_tau": 0.1})
+    assert read_fidelity(path)[0] == m and len(read_fidelity(path)) == 2
+    line = describe_fidelity(path, bn_images=1280)
+    assert "Kendall tau 0.52 (p 0.001)" in line and "top-5 overlap 3/5" in line and "tau 0.41" in line
+    assert "Kendall tau 0.10" in describe_fidelity(path, bn_images=0)
+    save_checkpoint(path, Supernet(tiny_space), SupernetConfig(), epoch=2)  # trained further: a new checkpoint
+    assert read_fidelity(path) == [] and "none measured" in describe_fidelity(path)
+
+
+def test_cli_refuses_mismatched_dataset_space_and_input_size(tmp_path, cli, tiny_space, tiny_space_file, tiny_arch):
+    from evaluators.supernet import Supernet, SupernetConfig, save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "s.pt", Supernet(tiny_space), SupernetConfig(), epoch=1, data="digits")
+    arch = tiny_space.sample(seed=0)
+    arch.to_yaml(tmp_path / "a.yaml")
+    (tmp_path / "wide.yaml").write_text(TINY.replace("[32, 48]", "[32, 64]"))
+    tiny_arch.replace(input_size=32).to_yaml(tmp_path / "big.yaml")
+    for args, words in (
+            (["--data", "mnist"], ["trained on dataset 'digits', not 'mnist'"]),
+            (["--data", "digits", "--space", tmp_path / "wide.yaml"], ["stages.1.channels [64]"]),
+            (["--data", "digits", "--space", "cifar"], ["input_size=32 (supernet: 16)"])):
+        r = cli("supernet", "eval", ckpt, tmp_path / "a.yaml", *args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith("shufflenas: error:") and all(w in r.stderr for w in words), r.stderr
+    r = cli("supernet", "eval", ckpt, tmp_path / "big.yaml", "--data", "digits")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "input_size=32 (supernet: 16)" in r.stderr
+    r = cli("supernet", "train", tmp_path / "wide.yaml", "--data", "digits", "--out", ckpt)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "holds a supernet of another space (stages.1.channels=[32, 64] (checkpoint: [32, 48]))" in r.stderr

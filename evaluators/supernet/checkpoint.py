@@ -21,6 +21,21 @@ from .network import Supernet, SupernetError
 FORMAT = "shufflenas-supernet/1"
 
 
+def space_outside(space: SearchSpace, outer: SearchSpace) -> list[str]:
+    """Why ``space`` is not a subspace of ``outer`` (the supernet's): one entry per choice it lacks."""
+    a, b = space.spec, outer.spec
+    out = [f"{f}={getattr(a, f)} (supernet: {getattr(b, f)})" for f in ("input_size", "in_channels", "num_classes")
+           if getattr(a, f) != getattr(b, f)]
+    if len(a.stages) != len(b.stages):
+        return out + [f"{len(a.stages)} stages (supernet: {len(b.stages)})"]
+    theirs = {d.name: d.choices for d in outer.dimensions}
+    for d in space.dimensions:
+        extra = [c for c in d.choices if c not in theirs.get(d.name, ())]
+        if extra:
+            out.append(f"{d.name} {extra} (supernet: {list(theirs.get(d.name, ()))})")
+    return out
+
+
 def space_differences(want: dict, have: dict, path: str = "") -> list[str]:
     """``field: value (checkpoint: value)`` for every field where space dict ``want`` differs from ``have``."""
     if isinstance(want, dict) and isinstance(have, dict):

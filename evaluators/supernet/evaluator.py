@@ -13,7 +13,7 @@ from search_space import Architecture, SearchSpace
 from ..base import AccuracyResult, EpochCallback
 from ..device import Placement, placement
 from .bn import recalibrate_bn
-from .checkpoint import load_supernet, space_differences
+from .checkpoint import load_supernet, space_outside
 from .config import SupernetConfig
 from .data import check_same_dataset, fixed_batches, load_data
 from .network import Supernet, SupernetError, extract_subnet
@@ -64,7 +64,7 @@ class SupernetEvaluator:
     the statistics the supernet tracked while training), then accuracy is
     measured on the validation split (its first ``val_subset`` images if given).
     ``bn_batches`` is the older way to say ``bn_images = bn_batches * batch_size``.
-    ``space``, if given, must be the space the supernet was trained on, and
+    ``space``, if given, must lie within the space the supernet was trained on, and
     ``data`` the dataset (else a one-line SupernetError naming the difference).
     ``device``/``amp``/``channels_last``: see :mod:`evaluators.device`.
     ``callback`` is accepted for the protocol but never called: there are no epochs.
@@ -85,9 +85,9 @@ class SupernetEvaluator:
         self.supernet.eval()
         where = self.checkpoint or "the supernet"
         if space is not None:
-            diff = space_differences(space.to_dict(), self.supernet.space.to_dict())
+            diff = space_outside(space, self.supernet.space)
             if diff:
-                raise SupernetError(f"{where} was trained for another space than {space.name!r}: "
+                raise SupernetError(f"{where} was trained for a space that does not contain {space.name!r}: "
                                     f"{'; '.join(diff[:3])}; train a supernet for this space")
         check_same_dataset(getattr(self.supernet, "data", ""), data, where)
         self.bn_images = bn_images if bn_images is not None else (

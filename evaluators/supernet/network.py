@@ -215,6 +215,12 @@ class Supernet(nn.Module):
     # ---- which tensors a sampled network uses -------------------------------
     def check(self, arch: Architecture) -> None:
         """Raise SupernetError unless ``arch`` is a point of the supernet's space."""
+        spec = self.space.spec
+        wrong = [f"{f}={getattr(arch, f)} (supernet: {getattr(spec, f)})"
+                 for f in ("input_size", "in_channels", "num_classes") if getattr(arch, f) != getattr(spec, f)]
+        if wrong:
+            raise SupernetError(f"architecture {arch.name or '(unnamed)'} does not fit the supernet's space "
+                                f"{self.space.name!r}: {', '.join(wrong)}; train a supernet for it")
         try:
             self.space.params_of(arch)
         except ShuffleNASError as exc:
