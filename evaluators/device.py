@@ -78,17 +78,27 @@ def check_channels_last_setting(value) -> str:
     return v
 
 
-def ray_assigned_gpus() -> Optional[list]:
-    """The GPU ids Ray assigned to this process when it is a Ray worker, else None (not in Ray)."""
+def _ray_worker():
+    """The ``ray`` module when this process is a Ray worker (a trial, a task, an actor), else None."""
     ray = sys.modules.get("ray")  # a Ray worker has imported ray; never import it just to ask
     if ray is None or not ray.is_initialized():
         return None
     try:
-        if ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
-            return None  # the driver: not limited to an assignment
-        return list(ray.get_gpu_ids())
-    except Exception:  # an older/newer Ray without these attributes: treat as outside Ray
+        return ray if ray.get_runtime_context().worker.mode == ray.WORKER_MODE else None  # not the driver
+    except AttributeError:  # a Ray without these attributes: treat as outside Ray
         return None
+
+
+def ray_assigned_gpus() -> Optional[list]:
+    """The GPU ids Ray assigned to this process when it is a Ray worker, else None (not in Ray)."""
+    ray = _ray_worker()
+    return None if ray is None else list(ray.get_gpu_ids())
+
+
+def ray_assigned_cpus() -> Optional[float]:
+    """The CPUs Ray assigned to this process when it is a Ray worker, else None (not in Ray)."""
+    ray = _ray_worker()
+    return None if ray is None else float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0))
 
 
 def _mps_available() -> bool:
@@ -207,5 +217,5 @@ def placement(device: str = "auto", amp: str = "auto", channels_last="auto") -> 
 
 
 __all__ = ["DeviceError", "Placement", "placement", "resolve_device", "check_device_setting",
-           "check_amp_setting", "check_channels_last_setting", "ray_assigned_gpus", "DEVICE_FORMS",
+           "check_amp_setting", "check_channels_last_setting", "ray_assigned_gpus", "ray_assigned_cpus", "DEVICE_FORMS",
            "AMP_CHOICES", "CHANNELS_LAST_CHOICES"]

@@ -66,11 +66,12 @@ def test_cli_device_errors_exit_2_before_any_data_is_read(capsys, tmp_path):
         assert err.count("\n") == 1 and f"device {device} requested but CUDA is not available" in err
 
 
-def _fake_ray(monkeypatch, *, worker: bool, gpus: list):
+def _fake_ray(monkeypatch, *, worker: bool, gpus: list, cpus: float = 1.0):
     ray = types.ModuleType("ray")
     ray.WORKER_MODE, ray.SCRIPT_MODE = 1, 0
     ray.is_initialized = lambda: True
-    ray.get_runtime_context = lambda: types.SimpleNamespace(worker=types.SimpleNamespace(mode=int(worker)))
+    ray.get_runtime_context = lambda: types.SimpleNamespace(worker=types.SimpleNamespace(mode=int(worker)),
+                                                            get_assigned_resources=lambda: {"CPU": cpus})
     ray.get_gpu_ids = lambda: gpus
     monkeypatch.setitem(sys.modules, "ray", ray)
 
@@ -88,6 +89,14 @@ def test_auto_inside_a_ray_worker_uses_only_the_gpu_ray_assigned(monkeypatch):
     assert ray_assigned_gpus() is None and resolve_device("auto") == torch.device("cuda:0")
 
 
+def test_loader_workers_follow_the_cpus_ray_assigned(monkeypatch):
+    from evaluators.data.folder import default_workers
+
+    for cpus, workers in ((1, 0), (4, 3), (32, 8)):  # the trial's own process decodes when it has one CPU
+        _fake_ray(monkeypatch, worker=True, gpus=[], cpus=cpus)
+        assert default_workers() == workers
+
+
 @pytest.mark.slow
 def test_auto_in_real_ray_tasks_follows_their_gpu_assignment():
     """Ray 2.60's own API, in real worker processes: a task given no GPU resolves auto to the CPU; one
@@ -100,14 +109,15 @@ def test_auto_in_real_ray_tasks_follows_their_gpu_assignment():
     try:
         @ray.remote
         def where():
+            from evaluators.data.folder import default_workers
             from evaluators.device import ray_assigned_gpus, resolve_device
-            return ray_assigned_gpus(), str(resolve_device("auto"))
+            return ray_assigned_gpus(), str(resolve_device("auto")), default_workers()
 
-        cpu_only = ray.get(where.options(num_gpus=0).remote())
-        with_gpu = ray.get(where.options(num_gpus=1).remote())
+        cpu_only = ray.get(where.options(num_cpus=1, num_gpus=0).remote())
+        with_gpu = ray.get(where.options(num_cpus=1, num_gpus=1).remote())
     finally:
         ray.shutdown()
-    assert cpu_only == ([], "cpu")
+    assert cpu_only == ([], "cpu", 0)
     assert with_gpu[0] and with_gpu[1] == ("cuda:0" if CUDA else "cpu")
 
 

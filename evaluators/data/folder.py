@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from search_space.io import atomic_write_bytes
 
+from ..device import ray_assigned_cpus
 from .download import cache_dir
 from .errors import DataError
 from .tensors import RawDataset
@@ -272,11 +273,16 @@ def load_folder(path: Path, input_size: int, in_channels: int) -> RawDataset:
 
 # ---- streaming ----------------------------------------------------------------------------------
 def default_workers() -> int:
-    """Loader worker processes when not set: one per core but the training process's, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    """Loader worker processes when not set: one per core but the training process's, at most 8;
+    in a Ray worker, one per CPU Ray assigned to it but one (a trial given 1 CPU decodes in process)."""
+    assigned = ray_assigned_cpus()
+    if assigned is not None:
+        cores = int(assigned)
+    else:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cores = os.cpu_count() or 1
     return max(0, min(8, cores - 1))
 
 
