@@ -432,6 +432,14 @@ def _check_all_combinations(space: SearchSpace) -> None:
                 choices = space.unit_choices(i, j)
             except ValueError as exc:
                 raise ValueError(f"{where}: {exc}") from None
+            options = st.entry(j).overrides()
+            for c, fields in itertools.product(st.channels, st.combinations()) if len(options) > 1 else ():
+                made = {}
+                for lab, o in options.items():
+                    other = made.setdefault(resolve_unit(fields, o, c), lab)
+                    if other != lab:
+                        raise ValueError(f"{where}: choices {other} and {lab} make the same unit (channels {c}); "
+                                         f"remove one")
             seen = set()
             for c, u in choices:
                 for cin in (sorted(in_options) if j == 0 else [c]):
