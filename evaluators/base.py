@@ -26,6 +26,8 @@ class AccuracyResult:
     epochs: int = 0  # epochs actually run (proxy training), 0 for one-shot / zero-cost
     stopped_early: bool = False
     checkpoint: Optional[str] = None  # path of saved weights (safe to load with weights_only=True)
+    #: evaluator-specific data; proxy training: history, config (the recipe), placement (device,
+    #: amp, channels_last used), train_seconds, and for streamed folders skipped_images
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

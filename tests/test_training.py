@@ -235,3 +235,17 @@ def test_cli_recipe_options_reach_the_training_and_are_printed(cli):
     assert rep["placement"]["device"] == "cpu" and rep["train_seconds"] > 0
     assert "sgd lr 0.1 weight decay 0.0005 momentum 0.8, warm-up 0, label smoothing 0, batch 16" in r.stderr
     assert "device cpu, amp off, channels_last off" in r.stderr
+
+
+def test_experiment_file_recipes_follow_the_optimiser_and_take_a_device(tmp_path):
+    from nas.experiment import load_experiment
+    from nas.objective import build_accuracy_evaluator
+
+    exp_file = tmp_path / "exp.yaml"
+    exp_file.write_text("space: cifar\ndata: digits\naccuracy:\n  method: proxy_training\n"
+                        "  train: {optimizer: sgd, epochs: 1, momentum: 0.8, device: cpu, amp: 'off'}\n")
+    ev = build_accuracy_evaluator(load_experiment(exp_file), tmp_path / "run")
+    assert (ev.config.lr, ev.config.weight_decay, ev.config.momentum, ev.config.device) == (0.1, 5e-4, 0.8, "cpu")
+    exp_file.write_text("space: cifar\ndata: digits\naccuracy:\n  method: proxy_training\n  train: {device: gpu}\n")
+    with pytest.raises(TrainingError, match="invalid training setting device='gpu'"):
+        build_accuracy_evaluator(load_experiment(exp_file), tmp_path / "run")
