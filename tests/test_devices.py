@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from evaluators.data import DataSplits, TensorData, batches, load_dataset
+from evaluators.data import DataSplits, batches, load_dataset
 from evaluators.device import DeviceError, Placement, placement, ray_assigned_gpus, resolve_device
 from evaluators.training import ProxyTrainingEvaluator, TrainConfig, on_device, train
 from evaluators.zero_cost import ZeroCostEvaluator, score

@@ -68,7 +68,8 @@ def test_streamed_splits_val_is_test_and_validation_is_held_out_of_train(tree):
 
 @pytest.mark.parametrize("make,needle", [
     (lambda t: t / "absent", "not a directory"),
-    (lambda t: (t / "flat" / "cat").mkdir(parents=True) or t / "flat", "no train/ and val/ folder.*belong in PATH/train"),
+    (lambda t: (t / "flat" / "cat").mkdir(parents=True) or t / "flat",
+     "no train/ and val/ folder.*belong in PATH/train"),
     (lambda t: (t / "notest" / "train" / "cat").mkdir(parents=True) or t / "notest", "no val/ folder"),
     (lambda t: [(t / "empty" / s / "cat").mkdir(parents=True) for s in ("train", "val")] and t / "empty",
      "found 1 class folder.* and 0 images"),

@@ -192,7 +192,8 @@ CPU_REFERENCE = {"accuracy": 0.48, "loss": 1.7522073364257813, "weights_sha256":
 
 @pytest.mark.skipif(not (torch.__version__.startswith("2.13.0") and
                          torch.backends.cpu.get_cpu_capability() == "AVX512"),
-                    reason="reference bits recorded with torch 2.13.0 on an AVX-512 CPU; other kernels round differently")
+                    reason="reference bits recorded with torch 2.13.0 on an AVX-512 CPU; other kernels round "
+                           "differently")
 def test_cpu_training_is_bitwise_what_it_was_before_devices(tiny_arch, digits16, tmp_path):
     r = train(tiny_arch, digits16, TrainConfig(epochs=4, augment=False, **FAST), checkpoint=tmp_path / "w.pt")
     weights = torch.load(tmp_path / "w.pt", weights_only=True)
