@@ -22,6 +22,7 @@ from loopback_cluster import LoopbackCluster, namespaces_work, node_options
 from test_search_common import records, tiny_experiment
 
 needs_namespaces = pytest.mark.skipif(namespaces_work() is not None, reason=str(namespaces_work()))
+pytestmark = pytest.mark.slow  # real multi-node Ray clusters
 
 TRIAL = "ray::ImplicitFunc.train"  # a Tune trial running on that node
 LATENCY_ACTOR = "ray::LatencyActor"

@@ -68,6 +68,7 @@ def wait_all(procs: list[subprocess.Popen], tmp: Path, timeout: float = 240) -> 
     assert codes == [0] * len(procs), logs
 
 
+@pytest.mark.slow
 def test_concurrency_setting_runs_exactly_the_budget(tmp_path):
     from conftest import run_cli
 
@@ -79,6 +80,7 @@ def test_concurrency_setting_runs_exactly_the_budget(tmp_path):
     assert_exact(study_trials("conc", journal(run_dir)), records(run_dir), TRIALS)
 
 
+@pytest.mark.slow
 def test_workers_end_with_a_driver_stopped_by_kill_pid(tmp_path):
     """`kill PID` reaches only the driver: its worker processes must not go on claiming trials."""
     import signal
@@ -101,6 +103,7 @@ def test_workers_end_with_a_driver_stopped_by_kill_pid(tmp_path):
     assert not alive, f"worker processes {alive} outlived the driver"
 
 
+@pytest.mark.slow
 def test_separate_processes_on_one_run_dir_run_exactly_the_budget(tmp_path):
     exp = tiny_experiment(tmp_path, name="sep", trials=TRIALS)
     wait_all(start_workers([exp] * WORKERS, tmp_path), tmp_path)
@@ -184,6 +187,7 @@ def test_storage_url_errors_are_one_line(tmp_path, cli):
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_workers_with_own_run_dirs_on_postgresql_run_exactly_the_budget(tmp_path, postgres_url):
     from conftest import run_cli
 

@@ -25,6 +25,7 @@ HOG = textwrap.dedent("""
             pass
         time.sleep(rng.uniform(0.001, 0.012))                 # then idle
 """)
+pytestmark = pytest.mark.slow  # a CPU hog beside repeated measurements in a worker process
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) not installed")
+pytestmark = [pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) not installed"),
+              pytest.mark.slow]  # each test starts a real Ray cluster
 
 
 def descendants(root: int) -> set[int]:

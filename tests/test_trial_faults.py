@@ -47,6 +47,7 @@ def _tiny_arch():
 
 # ---- whole searches ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_every_trial_over_the_time_limit_fails_and_the_search_finishes(tmp_path):
     exp = tiny_experiment(tmp_path, name="slow", trials=3, trial_timeout_s=1, accuracy=SLOW_TRAINING)
     run_dir, recs, front = _run(exp)
@@ -58,6 +59,7 @@ def test_every_trial_over_the_time_limit_fails_and_the_search_finishes(tmp_path)
     assert not [p for p in (run_dir / "pareto").iterdir() if p.is_dir()]  # nothing exported
 
 
+@pytest.mark.slow
 def test_trial_over_the_memory_limit_fails_others_pass_and_only_they_reach_the_front(tmp_path):
     # the out-of-space preset is scored first (seed trial -1) and is killed over 800 MB;
     # the tiny networks sampled after it run in a fresh worker and pass
@@ -77,6 +79,7 @@ def test_trial_over_the_memory_limit_fails_others_pass_and_only_they_reach_the_f
     assert wide["arch_key"] not in members
 
 
+@pytest.mark.slow
 def test_ray_backend_records_timeouts_and_finishes(tmp_path):
     """Through a real local Ray: the trainable, in a Ray worker process, starts the trial worker."""
     from conftest import run_cli
@@ -95,7 +98,8 @@ def test_ray_backend_records_timeouts_and_finishes(tmp_path):
 
 # ---- one candidate --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("limits", [{}, {"trial_timeout_s": 600}], ids=["in-process", "trial-worker"])
+@pytest.mark.parametrize("limits", [pytest.param({}, id="in-process"),
+                                    pytest.param({"trial_timeout_s": 600}, id="trial-worker", marks=pytest.mark.slow)])
 def test_raising_and_diverging_trials_are_fail_with_their_reason(tmp_path, limits):
     """The evaluator's own exceptions keep their name and message, in process and across the child."""
     from nas.experiment import load_experiment
@@ -117,6 +121,7 @@ def test_raising_and_diverging_trials_are_fail_with_their_reason(tmp_path, limit
         assert starts == 1 and "loss became nan" in nan.accuracy_extra["traceback"]
 
 
+@pytest.mark.slow
 def test_epoch_callback_crosses_into_the_trial_worker_and_can_stop_training(tmp_path):
     from nas.experiment import load_experiment
     from nas.objective import SearchContext
