@@ -119,6 +119,7 @@ def test_median_of_sessions():
     assert median_of_sessions([single]) is single
 
 
+@pytest.mark.slow  # several worker processes, each measuring for seconds
 def test_measure_sessions_runs_fresh_workers(tiny_arch):
     from evaluators.latency.worker import measure_sessions
 
@@ -161,6 +162,7 @@ def test_export_failure_is_one_line():
     assert "block X" in str(ei.value) and "\n" not in str(ei.value)
 
 
+@pytest.mark.slow  # several worker processes, each measuring for seconds
 @pytest.mark.filterwarnings("ignore::evaluators.latency.worker.LatencyDriftWarning")  # a busy machine drifts
 def test_worker_measures_and_reports_drift(tiny_arch):
     protocol = QUICK.model_copy(update={"reference_every": 2, "reference": "shufflenet_v2_x0_5_cifar"})
