@@ -124,6 +124,7 @@ def test_proxy_evaluator_loads_once_per_input_size(tiny_arch, tmp_path, monkeypa
             tiny_arch.replace(num_classes=3))
 
 
+@pytest.mark.slow  # a fresh interpreter training a full-size preset (the in-process CLI test is fast)
 def test_cli_train_on_digits_prints_json(cli):
     r = cli("train", "--preset", "shufflenet_v2_x0_5_cifar", "--data", "digits", "--subset", "200",
             "--epochs", "1", "--threads", "1", "--json")
