@@ -246,6 +246,7 @@ def test_fetch_verifies_md5_and_leaves_nothing_behind(tmp_path):
 
 
 # ---- the real copies in ../shared/data --------------------------------------------------------
+@pytest.mark.slow  # reads the real 170 MB CIFAR-10 archive
 def test_shared_cifar10_shapes(shared_data):
     s = load_dataset(f"cifar10:{shared_data / 'cifar10' / 'cifar-10-python.tar.gz'}", input_size=32,
                      subset=2000, seed=0)
