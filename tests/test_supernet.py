@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -190,6 +191,7 @@ def test_flops_band_sampling(tiny_space):
         PathSampler(tiny_space, (1.0, 2.0), max_tries=50).sample(g)
 
 
+@pytest.mark.slow  # trains a supernet and scores it through two fresh interpreters
 def test_cli_train_and_eval(tmp_path, cli, tiny_space_file, tiny_arch):
     ckpt = tmp_path / "sn.pt"
     r = cli("supernet", "train", tiny_space_file, "--data", "digits", "--out", ckpt, "--epochs", "1",
@@ -386,6 +388,7 @@ def test_fidelity_is_recorded_per_checkpoint_content(tmp_path, tiny_space):
     assert read_fidelity(path) == [] and "none measured" in describe_fidelity(path)
 
 
+@pytest.mark.slow  # five fresh interpreters; the in-process refusals are tested above
 def test_cli_refuses_mismatched_dataset_space_and_input_size(tmp_path, cli, tiny_space, tiny_space_file, tiny_arch):
     from evaluators.supernet import Supernet, SupernetConfig, save_checkpoint
 
@@ -406,3 +409,26 @@ def test_cli_refuses_mismatched_dataset_space_and_input_size(tmp_path, cli, tiny
     r = cli("supernet", "train", tmp_path / "wide.yaml", "--data", "digits", "--out", ckpt)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "holds a supernet of another space (stages.1.channels=[32, 64] (checkpoint: [32, 48]))" in r.stderr
+
+
+def test_cli_device_that_is_not_here_is_one_line(tmp_path, cli, tiny_space_file):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = cli("supernet", "train", tiny_space_file, "--data", "digits", "--out", tmp_path / "s.pt", "--device", "cuda")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "CUDA is not available" in r.stderr, r.stderr
+    assert not (tmp_path / "s.pt").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
+def test_supernet_trains_and_scores_on_cuda(tmp_path, tiny_space):
+    from evaluators.supernet import SupernetConfig, SupernetEvaluator, load_supernet, train_supernet
+
+    data = tiny_data()
+    path = train_supernet(tiny_space, data, SupernetConfig.variant("sandwich", epochs=2, batch_size=32, device="cuda"),
+                          out=tmp_path / "s.pt", progress=False)
+    net = load_supernet(path)
+    assert net.epoch == 2 and all(math.isfinite(h["train_loss"]) for h in net.history)
+    arch = tiny_space.sample(seed=1)
+    gpu = SupernetEvaluator(path, data, bn_images=64, device="cuda", amp="off").evaluate(arch)
+    cpu = SupernetEvaluator(path, data, bn_images=64, device="cpu").evaluate(arch)
+    assert gpu.extra["device"].startswith("cuda") and abs(gpu.accuracy - cpu.accuracy) <= 2 / 64

@@ -214,6 +214,7 @@ def train_supernet(space: SearchSpace, data, config: SupernetConfig = SupernetCo
     validation accuracy of one fixed reference path (BN recalibrated); returning
     True stops (the schedule stays the one planned for ``config.epochs``).
     """
+    placement(config.device, config.amp, config.channels_last)  # a device that is not here: one line, first
     torch.set_num_threads(config.threads)
     out = Path(out)
     data = load_data(data, space, config)
