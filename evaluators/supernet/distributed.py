@@ -36,6 +36,7 @@ from typing import Optional
 
 import torch
 
+from evaluators.ray_cluster import start_private_cluster
 from search_space import SearchSpace
 from search_space.errors import ShuffleNASError
 
@@ -122,8 +123,6 @@ def _connect(address: Optional[str], workers: int, cpus: float, gpus: float) -> 
     Resources are checked first: for a private cluster before it starts.
     """
     import ray
-
-    from evaluators.ray_cluster import start_private_cluster
 
     if ray.is_initialized():
         check_resources(ray.cluster_resources(), workers, cpus, gpus, "the running Ray cluster")

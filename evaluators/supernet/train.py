@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from search_space import SearchSpace
 
@@ -53,8 +55,6 @@ def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torc
 
 def flat_all_reduce_mean(grads: list[torch.Tensor], world: int) -> None:
     """Average ``grads`` over the process group in one collective (flattened, then copied back)."""
-    import torch.distributed as dist
-
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= world
@@ -183,8 +183,6 @@ class SupernetRun:
             if progress is not None:
                 progress(sums)
         if self.world > 1:
-            import torch.distributed as dist
-
             keys = sorted(sums)
             t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
             dist.all_reduce(t)
@@ -224,8 +222,6 @@ def train_supernet(space: SearchSpace, data, config: SupernetConfig = SupernetCo
     reference = space.sample(seed=config.seed)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=run.total, initial=run.epoch * run.steps_per_epoch, desc="supernet", unit="step",
                    file=sys.stderr, dynamic_ncols=True)
     try:
