@@ -433,3 +433,24 @@ def test_supernet_trains_and_scores_on_cuda(tmp_path, tiny_space):
     gpu = SupernetEvaluator(path, data, bn_images=64, device="cuda", amp="off").evaluate(arch)
     cpu = SupernetEvaluator(path, data, bn_images=64, device="cpu").evaluate(arch)
     assert gpu.extra["device"].startswith("cuda") and abs(gpu.accuracy - cpu.accuracy) <= 2 / 64
+
+
+def test_latency_band_sampling_uses_the_lookup_table(tmp_path, tiny_space):
+    from evaluators.latency import LatencyLUT, LatencyTarget
+    from evaluators.latency.lut import space_blocks
+    from evaluators.supernet import PathSampler, SupernetConfig
+    from evaluators.supernet.sampling import step_generator
+
+    keys = list(space_blocks(tiny_space))
+    lut = LatencyLUT(LatencyTarget(threads=1), {k: {"median_ms": 0.01 * (1 + i % 7)} for i, k in enumerate(keys)},
+                     space=tiny_space.to_dict(), meta={"space_name": "tiny", "blocks_in_space": len(keys),
+                                                       "complete": True})
+    path = lut.save(tmp_path / "lut.json")
+    ms = sorted(lut.predict(a) for a in tiny_space.sample(60, seed=0))
+    lo, hi = ms[15], ms[45]
+    assert lo < hi
+    s = PathSampler.from_config(tiny_space, SupernetConfig(latency_band=(lo, hi), lut=str(path)))
+    assert s.cost_name == "latency_ms"
+    assert all(lo <= lut.predict(s.sample(step_generator(0, "path", i, 0))) <= hi for i in range(30))
+    with pytest.raises(Exception, match="latency_band needs lut"):
+        SupernetConfig(latency_band=(lo, hi))
