@@ -7,7 +7,7 @@ One setting names the device everywhere it is asked for (``TrainConfig.device``,
 ``auto`` is, inside a Ray worker, the GPU that Ray assigned to it (Ray sets
 ``CUDA_VISIBLE_DEVICES`` to it, so it is ``cuda:0`` there) or the CPU when it
 was given none (never a GPU that another trial holds); outside Ray, the first
-visible GPU, else the CPU. A device that is not there raises
+visible CUDA GPU, else Apple's MPS GPU, else the CPU. A device that is not there raises
 :class:`DeviceError` with one line, before any work starts.
 
 The whole API, for trainers (proxy training, supernet, retraining) and scorers::
@@ -114,7 +114,7 @@ def resolve_device(device: str = "auto") -> torch.device:
             return torch.device("cuda:0") if assigned and torch.cuda.is_available() else torch.device("cpu")
         if torch.cuda.is_available() and torch.cuda.device_count() > 0:
             return torch.device("cuda:0")
-        return torch.device("cpu")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
     if d == "cpu":
         return torch.device("cpu")
     if d == "mps":

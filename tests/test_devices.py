@@ -42,7 +42,7 @@ def test_cpu_and_malformed_settings():
 
 @no_cuda
 def test_auto_is_the_cpu_without_a_gpu_and_cuda_is_a_one_line_error():
-    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("mps" if MPS else "cpu")
     for d in ("cuda", "cuda:0", "cuda:3"):
         with pytest.raises(DeviceError, match=f"device {d} requested but CUDA is not available") as err:
             resolve_device(d)

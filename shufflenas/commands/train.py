@@ -51,7 +51,8 @@ def _defaults(field: str) -> str:
 @click.option("--augment/--no-augment", default=None, help="random crop (+ flip for natural images); "
               "default: the dataset's proxy budget")
 @click.option("--device", default="auto", show_default=True, metavar="DEVICE",
-              help=f"{DEVICE_FORMS}; auto = the GPU Ray assigned (in a Ray worker), else the first GPU, else the CPU")
+              help=f"{DEVICE_FORMS}; auto = the GPU Ray assigned (in a Ray worker), else the first CUDA GPU, "
+              "else MPS, else the CPU")
 @click.option("--amp", type=click.Choice(AMP_CHOICES), default="auto", show_default=True,
               help="mixed precision; auto = bf16 (fp16 where the GPU lacks it) on CUDA, off elsewhere")
 @click.option("--channels-last", type=click.Choice(CHANNELS_LAST_CHOICES), default="auto", show_default=True,
