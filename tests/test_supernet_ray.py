@@ -60,6 +60,20 @@ def test_one_worker_gives_the_single_process_weights_and_two_workers_train(tmp_p
     assert abs(two.history[-1]["train_loss"] - a.history[-1]["train_loss"]) < 0.5
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_workers_bad_input_error_reaches_the_driver_as_one_line(tmp_path, tiny_space, private_ray):
+    from evaluators.supernet import SupernetConfig, SupernetError
+    from evaluators.supernet.distributed import train_supernet_distributed
+
+    missing = tmp_path / "no-such-mnist"
+    with pytest.raises(SupernetError) as err:  # the workers load the data: the error is raised there
+        train_supernet_distributed(tiny_space, f"mnist:{missing}", SupernetConfig(epochs=1, batch_size=32),
+                                   out=tmp_path / "s.pt", workers=2)
+    assert "\n" not in str(err.value) and str(missing) in str(err.value), str(err.value)
+    assert not (tmp_path / "s.pt").exists()
+
+
 def _cli(*args):
     return [sys.executable, "-m", "shufflenas", "supernet", "train", *map(str, args)]
 

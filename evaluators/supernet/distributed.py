@@ -41,7 +41,7 @@ from search_space import SearchSpace
 from search_space.errors import ShuffleNASError
 
 from .checkpoint import read_checkpoint
-from .config import SupernetConfig
+from .config import RUNTIME_FIELDS, SupernetConfig
 from .data import load_data
 from .network import SupernetError
 from .train import SupernetRun, check_resumable
@@ -143,7 +143,7 @@ def _connect(address: Optional[str], workers: int, cpus: float, gpus: float) -> 
 
 def _run_identity(space: SearchSpace, config: SupernetConfig, data_name: str) -> dict:
     d = config.to_dict()
-    for k in ("threads", "device"):
+    for k in RUNTIME_FIELDS:
         d.pop(k)
     return {"space": space.to_dict(), "config": d, "data": data_name}
 
