@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,20 +74,36 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The whole lines of an append-only JSONL file; a line cut by a kill (the last one) is skipped.
+    """The rows of an append-only JSONL file (one JSON object per line).
 
     Appending one ``json.dumps(row) + "\\n"`` per finished item and reading with this is how a
-    killed run resumes: a cut line is simply an item that is done again.
+    killed run resumes. A kill in the middle of an append leaves a final line without its
+    newline that does not parse: that one line is skipped with a warning (the item is simply
+    done again). Any other line that is not a JSON object is damage, not a kill, and raises a
+    :class:`FileFormatError` naming the file and the line number. Blank lines are ignored.
     """
     p = Path(path)
     if not p.is_file():
         return []
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FileFormatError(f"{p}: cannot read as UTF-8 text ({exc.__class__.__name__})") from None
+    lines = text.split("\n")  # the last element is "" when the file ends with a newline
     rows = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):  # no newline after it: cut by a kill mid-write
+                warnings.warn(f"{p}: line {number} is incomplete (a write cut short); skipped", stacklevel=2)
+                continue
+            raise FileFormatError(f"{p}: line {number} is not valid JSON ({exc.msg}); "
+                                  f"repair or remove that line") from None
+        if not isinstance(row, dict):
+            raise FileFormatError(f"{p}: line {number} is a JSON {type(row).__name__}, not an object; "
+                                  f"repair or remove that line")
+        rows.append(row)
     return rows
