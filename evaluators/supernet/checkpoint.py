@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -75,7 +76,9 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise SupernetError(f"{path}: no such supernet checkpoint; train one with `shufflenas supernet train`")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them: one line is enough
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated or not a torch file
         raise SupernetError(f"{path}: not a readable supernet checkpoint ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:120]})") from None
