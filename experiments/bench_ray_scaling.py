@@ -32,7 +32,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from search_space.io import atomic_write_text, dump_yaml, load_yaml  # noqa: E402
+from nas.run_folder import RunFolder  # noqa: E402
+from search_space.io import atomic_write_text, dump_yaml, load_yaml, read_jsonl  # noqa: E402
 
 LUT = HERE / "results" / "search" / "bench_lut_quickstart.json"
 PY = sys.executable
@@ -54,7 +55,7 @@ def write_experiment(tmp: Path, name: str, backend: str, trials: int, concurrenc
 
 
 def stats(run_dir: Path) -> dict:
-    recs = [json.loads(x) for x in (run_dir / "trials.jsonl").read_text().splitlines() if x.strip()]
+    recs = read_jsonl(RunFolder(run_dir).trials_jsonl)
     recs = [r for r in recs if r["number"] >= 0]
     span = max(r["finished"] for r in recs) - min(r["started"] for r in recs)
     evals = [r["accuracy_seconds"] + r["latency_seconds"] for r in recs]

@@ -8,7 +8,7 @@ computed against one reference point shared by all runs (nadir of every point
 seen + 10% of the range), printed with the results.
 
     python experiments/bench_samplers.py [--trials 60] [--seeds 5]
-Output: experiments/results/bench_samplers.txt (+ .json with every curve)
+Output: experiments/results/search/bench_samplers.txt (+ .json with every curve)
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ sys.path.insert(0, str(HERE.parent))
 
 from search_space.io import atomic_write_json, atomic_write_text, load_yaml  # noqa: E402
 
+from nas import pareto  # noqa: E402
 from nas import records as R  # noqa: E402
 from nas.experiment import experiment_from_dict  # noqa: E402
 
-LUT = HERE / "results" / "bench_lut_quickstart.json"
+LUT = HERE / "results" / "search" / "bench_lut_quickstart.json"
 
 
 def experiment(tmp: Path, sampler: str, seed: int, trials: int):
@@ -49,11 +50,12 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--samplers", default="tpe,nsga2,random")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_samplers.txt")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "search" / "bench_samplers.txt")
     args = ap.parse_args()
-    from nas import optuna_backend
+    from nas.backends import Breaker
+    from nas.backends.optuna import OptunaBackend
     from nas.objective import load_or_build_lut
-    from nas.search import prepare_run_dir
+    from nas.run_folder import RunFolder
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_samplers_"))
     t0 = time.time()
@@ -63,14 +65,21 @@ def main() -> None:
     for sampler in args.samplers.split(","):
         for seed in range(args.seeds):
             exp = experiment(tmp, sampler, seed, args.trials)
-            prepare_run_dir(exp, Path(exp.output), resume=False)
+            run = RunFolder(exp.output)
+            run.prepare(exp, resume=False)
             t = time.time()
-            recs = optuna_backend.run(exp, Path(exp.output), resume=False)
+            with OptunaBackend(exp, run, resume=False, breaker=Breaker(0)) as backend:
+                backend.seed()
+                backend.search()
+            recs = run.read_records()
             runs[(sampler, seed)] = (recs, time.time() - t)
             print(f"{sampler:7s} seed {seed}: {len(recs)} trials in {time.time() - t:.0f} s", flush=True)
     objectives = ["accuracy", "latency_ms"]
     allrecs = [r for recs, _ in runs.values() for r in recs]
-    ref = R.reference_point(allrecs, objectives)
+    # one reference for every run compared: the nadir of all their points, pushed out by 10% of the range
+    nadir = pareto.reference_point(pareto.to_minimization([r.values(objectives) for r in allrecs if r.usable],
+                                                          ["maximize", "minimize"]))
+    ref = {"accuracy": float(-nadir[0]), "latency_ms": float(nadir[1])}
     checkpoints = sorted({max(1, args.trials // 3), 2 * args.trials // 3, args.trials})
     table, curves = {}, {}
     for (sampler, seed), (recs, secs) in runs.items():

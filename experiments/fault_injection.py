@@ -39,6 +39,7 @@ from pathlib import Path
 
 import yaml
 
+from nas.run_folder import RAY_DIR, TUNE_NAME, RunFolder
 from search_space.io import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,13 +92,13 @@ def start(exp: Path, log: Path, resume: bool) -> subprocess.Popen:
 
 def records(run_dir: Path) -> dict[str, dict]:
     # a half-written line is skipped here and counted by unreadable_files()
-    return {r["trial_id"]: r for r in read_jsonl(run_dir / "trials.jsonl")}
+    return {r["trial_id"]: r for r in read_jsonl(RunFolder(run_dir).trials_jsonl)}
 
 
 def ray_owned(rel: Path) -> bool:
     """Ray Tune's own state files (written non-atomically by Ray; shufflenas restores them from
     its ``ray/tune/.snapshot`` copy on resume, which *is* checked)."""
-    return rel.parts[:2] == ("ray", "tune") and ".snapshot" not in rel.parts
+    return rel.parts[:2] == (RAY_DIR, TUNE_NAME) and ".snapshot" not in rel.parts
 
 
 def unreadable_files(run_dir: Path) -> list[str]:
@@ -132,7 +133,7 @@ def same(a: dict, b: dict) -> bool:
 
 
 def front_of(run_dir: Path) -> dict[str, tuple]:
-    front = json.loads((run_dir / "pareto" / "front.json").read_text())
+    front = json.loads(RunFolder(run_dir).front_json.read_text())
     return {m["arch_key"]: (round(m["accuracy"], 6), round(m["latency_ms"], 6)) for m in front["members"]}
 
 

@@ -39,14 +39,15 @@ def main(argv=None) -> int:
     from evaluators.training import TrainConfig
     from nas.experiment import load_experiment
     from nas.retrain import recipe_data, train_and_test
+    from nas.run_folder import RunFolder
     from search_space import Architecture, presets
     from search_space.io import atomic_write_json, atomic_write_text, read_jsonl
 
     exp = load_experiment(args.experiment)
     run_dir = Path(exp.output)
     spec = exp.retrain
-    picked = {m["name"]: m["arch"] for m in json.loads((run_dir / "retrain" / "candidates.json").read_text())["searched"]}
-    seed0 = {r["name"]: r for r in read_jsonl(run_dir / "retrain" / "results.jsonl")}
+    picked = {m["name"]: m["arch"] for m in json.loads((RunFolder(run_dir).retrain / "candidates.json").read_text())["searched"]}
+    seed0 = {r["name"]: r for r in read_jsonl(RunFolder(run_dir).retrain / "results.jsonl")}
     archs = {}
     for name in args.models:
         if name in picked:
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
                 continue
             config = TrainConfig(**{**spec.train, "seed": seed})
             t0 = time.perf_counter()
-            ckpt = run_dir / "retrain" / "seeds" / f"{name}_seed{seed}.pt"
+            ckpt = RunFolder(run_dir).retrain / "seeds" / f"{name}_seed{seed}.pt"
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             if arch.input_size not in data:
                 data[arch.input_size] = recipe_data(exp, spec, arch)

@@ -1,21 +1,16 @@
 """The search: experiment files, one objective, Optuna and Ray Tune backends, Pareto front, export, report.
 
->>> from nas import load_experiment, run_search       # doctest: +SKIP
+>>> from nas import load_experiment                   # doctest: +SKIP
+>>> from nas.search import run_search
 >>> result = run_search(load_experiment("experiments/quickstart.yaml"))
 
-Optuna and Ray are imported only by the backend that runs.
+Importing ``nas`` stays light (trial workers and Ray workers import it): the search
+itself is :mod:`nas.search`, and Optuna and Ray are imported only by the backend that
+runs (:mod:`nas.backends`).
 """
 
 from .experiment import Experiment, ExperimentError, experiment_from_dict, load_experiment
-from .records import TrialRecord, read_records, write_records
+from .records import TrialRecord
+from .run_folder import RunFolder
 
-
-def run_search(exp, **kwargs):
-    """See :func:`nas.search.run_search` (imported lazily: it pulls in torch)."""
-    from .search import run_search as _run
-
-    return _run(exp, **kwargs)
-
-
-__all__ = ["Experiment", "ExperimentError", "experiment_from_dict", "load_experiment", "TrialRecord",
-           "read_records", "write_records", "run_search"]
+__all__ = ["Experiment", "ExperimentError", "experiment_from_dict", "load_experiment", "TrialRecord", "RunFolder"]

@@ -28,6 +28,7 @@ from search_space.io import atomic_write_json, atomic_write_text, dump_yaml
 from . import pareto
 from . import records as R
 from .experiment import METRICS, Experiment
+from .run_folder import FRONT_JSON, RunFolder
 
 
 def _lut_breakdown(exp: Experiment, arch: Architecture) -> dict | None:
@@ -115,14 +116,14 @@ def export_candidate(rec: R.TrialRecord, exp: Experiment, folder: Path, *, onnx:
 
 def export_front(run_dir: str | Path, *, onnx: bool = True) -> Path:
     """Export the front of ``run_dir`` to ``run_dir/pareto`` (replacing an older export)."""
-    from .search import run_experiment_file
-
-    run_dir = Path(run_dir)
-    exp = run_experiment_file(run_dir)
-    recs = R.read_records(run_dir)
+    run = RunFolder(run_dir)
+    run_dir = run.path
+    exp = run.read_experiment()
+    recs = run.read_records()
     members = sorted(R.front(recs, exp.objectives), key=lambda r: (r.latency_ms, -r.accuracy))
-    ref = R.reference_point(recs, exp.objectives, exp.reference_point, exp.latency.budget_ms)
-    new, final, old = run_dir / "pareto.new", run_dir / "pareto", run_dir / "pareto.old"
+    ref = R.fixed_reference_point(exp, recs)
+    final = run.pareto
+    new, old = final.with_name(final.name + ".new"), final.with_name(final.name + ".old")
     for p in (new, old):
         shutil.rmtree(p, ignore_errors=True)
     new.mkdir()
@@ -138,7 +139,7 @@ def export_front(run_dir: str | Path, *, onnx: bool = True) -> Path:
         index.append({"folder": name, "trial": r.number, "seed": r.seed, "arch_key": r.arch_key,
                       "knee": i == knee, **{k: doc["scores"][k] for k in ("accuracy", "latency_ms",
                                                                            "latency_measured_ms", "params", "macs")}})
-    atomic_write_json(new / "front.json", {
+    atomic_write_json(new / FRONT_JSON, {
         "objectives": list(exp.objectives), "directions": exp.directions,
         "latency_budget_ms": exp.latency.budget_ms, "reference_point": ref,
         "hypervolume": R.hypervolume(recs, exp.objectives, ref),
@@ -151,5 +152,5 @@ def export_front(run_dir: str | Path, *, onnx: bool = True) -> Path:
 
 
 def exported_keys(run_dir: str | Path) -> set[str]:
-    data = json.loads((Path(run_dir) / "pareto" / "front.json").read_text())
+    data = json.loads(RunFolder(run_dir).front_json.read_text())
     return {m["arch_key"] for m in data["members"]}

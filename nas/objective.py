@@ -13,6 +13,7 @@ import functools
 import hashlib
 import os
 import socket
+import sys
 import json
 import math
 import threading
@@ -21,13 +22,23 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
+from pydantic import ValidationError
+
 from evaluators.base import AccuracyResult, LatencyResult
+from evaluators.latency import LatencyLUT, LatencyTarget, MeasurementProtocol, MeasurementWorker, ray_actor
+from evaluators.latency.target import host_identity
+from evaluators.supernet import SupernetConfig, SupernetEvaluator, describe_fidelity, train_supernet
+from evaluators.supernet.checkpoint import read_checkpoint
+from evaluators.training import ProxyTrainingEvaluator, TrainConfig
+from evaluators.zero_cost import ZeroCostEvaluator
 from search_space import Architecture, SearchSpace, profile
 from search_space.errors import ShuffleNASError
+from search_space.validation import one_line
 
 from .experiment import Experiment, ExperimentError
 from .records import TrialRecord
-from .trial_worker import describe_failure
+from .run_folder import RunFolder
+from .trial_worker import TrialWorker, describe_failure, memory_limit_supported
 
 
 def arch_key(arch: Architecture) -> str:
@@ -45,22 +56,15 @@ def _construct(factory, where: str, *args, **kwargs):
     except ShuffleNASError:
         raise
     except ValueError as exc:  # pydantic ValidationError is a ValueError
-        from pydantic import ValidationError
-
-        from search_space.validation import one_line
         msg = one_line(exc, where) if isinstance(exc, ValidationError) else f"{where}: {exc}"
         raise ExperimentError(msg) from None
 
 
 def latency_target(exp: Experiment):
-    from evaluators.latency import LatencyTarget
-
     return _construct(LatencyTarget, "latency.target", **exp.latency.target)
 
 
 def latency_protocol(exp: Experiment):
-    from evaluators.latency import MeasurementProtocol
-
     return _construct(MeasurementProtocol, "latency.protocol", **exp.latency.protocol) \
         if exp.latency.protocol else None
 
@@ -81,9 +85,6 @@ def load_or_build_lut(exp: Experiment, space: SearchSpace, progress: bool = Fals
     tagged with another host is refused unless ``latency.lut_host_check`` is false; an
     untagged one warns.
     """
-    from evaluators.latency import LatencyLUT, ray_actor
-    from evaluators.latency.target import host_identity
-
     target = latency_target(exp)
     path = Path(exp.latency.lut)
     host_check = exp.latency.lut_host_check
@@ -114,10 +115,10 @@ def prepare(exp: Experiment, progress: bool = True) -> None:
         load_or_build_lut(exp, space, progress=progress, check_host=True)
     acc = exp.accuracy
     if acc.method == "supernet" and supernet_unfinished(exp):
-        from evaluators.supernet import SupernetConfig, train_supernet
-
         cfg = _construct(SupernetConfig, "accuracy.supernet_train", **acc.supernet_train)
         train_supernet(space, exp.data, cfg, out=acc.checkpoint, progress=progress)
+    if acc.method == "supernet":  # how far its ranking can be trusted, as measured (or that it was not)
+        print(describe_fidelity(acc.checkpoint), file=sys.stderr, flush=True)
 
 
 def supernet_unfinished(exp: Experiment) -> bool:
@@ -131,9 +132,6 @@ def supernet_unfinished(exp: Experiment) -> bool:
         return True
     if not exp.accuracy.supernet_train:
         return False  # a checkpoint trained elsewhere, used as it is
-    from evaluators.supernet import SupernetConfig
-    from evaluators.supernet.checkpoint import read_checkpoint
-
     wanted = exp.accuracy.supernet_train.get("epochs", SupernetConfig.epochs)
     return read_checkpoint(path)["epoch"] < wanted
 
@@ -142,19 +140,13 @@ def build_accuracy_evaluator(exp: Experiment, run_dir: str | Path):
     """The accuracy evaluator ``exp.accuracy`` names (in the search process or in a trial worker)."""
     a = exp.accuracy
     if a.method == "zero_cost":
-        from evaluators.zero_cost import ZeroCostEvaluator
-
         kw = {"data": exp.data, "seed": exp.search.seed, **a.options}
         return _construct(ZeroCostEvaluator, "accuracy", proxy=a.proxy, **kw)
     if a.method == "proxy_training":
-        from evaluators.training import ProxyTrainingEvaluator, TrainConfig
-
         cfg = _construct(TrainConfig, "accuracy.train", **{"seed": exp.search.seed, **a.train})
         return _construct(ProxyTrainingEvaluator, "accuracy", exp.data, cfg, subset=a.subset,
                           val_fraction=a.val_fraction, seed=exp.search.seed,
-                          checkpoint_dir=str(Path(run_dir) / "checkpoints"), **a.options)
-    from evaluators.supernet import SupernetEvaluator
-
+                          checkpoint_dir=str(RunFolder(run_dir).checkpoints), **a.options)
     if not Path(a.checkpoint).is_file():
         raise ExperimentError(f"accuracy.checkpoint: {a.checkpoint} not found "
                               f"(run the search from the driver to train it first)")
@@ -202,8 +194,6 @@ class SearchContext:
     def trial_worker(self):
         """The child process scoring accuracy under ``search.trial_timeout_s`` / ``trial_memory_mb``."""
         if self._trial_worker is None:
-            from .trial_worker import TrialWorker, memory_limit_supported
-
             s = self.exp.search
             if s.trial_memory_mb is not None and not memory_limit_supported():
                 raise ExperimentError("search.trial_memory_mb needs /proc (Linux) to read a trial's memory; "
@@ -225,8 +215,6 @@ class SearchContext:
     def measurement_worker(self):
         """The long-lived serialised measurement process (started on first use)."""
         if self._worker is None:
-            from evaluators.latency import MeasurementWorker
-
             self._worker = MeasurementWorker(latency_target(self.exp), latency_protocol(self.exp))
             self._worker.__enter__()
         return self._worker

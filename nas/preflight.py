@@ -70,6 +70,7 @@ from search_space.errors import ShuffleNASError
 from search_space.validation import one_line
 
 from .experiment import Experiment, ExperimentError
+from .run_folder import RunFolder
 from .trial_worker import memory_limit_supported
 
 
@@ -445,7 +446,7 @@ def _check_storage(exp: Experiment, resume: bool) -> None:
         return
     url, field = exp.search.optuna.storage, "search.optuna.storage"
     if url is None:  # a journal file in the run folder
-        journal = Path(exp.output) / "optuna.journal"
+        journal = RunFolder(exp.output).optuna_journal
         if resume and journal.exists() and not os.access(journal, os.R_OK | os.W_OK):
             raise _fail(field, f"the journal {journal} is not readable and writable by this user")
         return

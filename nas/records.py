@@ -1,10 +1,15 @@
-"""One record per trial, and the run's ``trials.jsonl`` / ``trials.csv``.
+"""One record per trial, its two file formats, and what a set of records says (front, hypervolume).
 
 Both backends produce the same :class:`TrialRecord` (from
-:func:`nas.objective.evaluate_candidate`). The files are rewritten atomically
-after every finished trial, so a killed search loses nothing that finished;
-the JSONL file is the complete record (architecture as a YAML-able dict,
-evaluator details), the CSV the same trials flattened for spreadsheets.
+:func:`nas.objective.evaluate_candidate`). The JSONL form is the complete
+record (architecture as a YAML-able dict, evaluator details), the CSV the same
+trials flattened for spreadsheets; :mod:`nas.run_folder` writes both into the
+run folder after every finished trial.
+
+The hypervolume has one definition (:func:`fixed_reference_point`): its
+reference point is fixed by the experiment, so the hypervolume of the trials
+finished so far never falls as more finish -- on the console, in the report
+and in ``pareto/front.json`` alike.
 """
 
 from __future__ import annotations
@@ -17,10 +22,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Sequence
 
-from search_space.io import atomic_write_text
-
 from . import pareto
-from .experiment import METRICS
+from .experiment import METRICS, Experiment
 
 STATES = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -97,38 +100,23 @@ CSV_COLUMNS = ["number", "state", "reason", "seed", "in_space", "accuracy", "lat
                "checkpoint", "trial_id", "node", "arch_key", "arch"]
 
 
-def write_records(run_dir: str | Path, records: Sequence[TrialRecord]) -> None:
-    """Rewrite ``trials.jsonl`` and ``trials.csv`` (sorted by trial number), each atomically.
+def to_jsonl(records: Sequence[TrialRecord]) -> str:
+    """The records as JSON lines, sorted by trial number."""
+    return "".join(json.dumps(r.to_dict(), sort_keys=False) + "\n" for r in sorted(records, key=lambda r: r.number))
 
-    Device re-measurements of front members (``remeasured.json``) are merged in.
-    """
-    run_dir = Path(run_dir)
-    recs = sorted(records, key=lambda r: r.number)
-    remeasured = run_dir / "remeasured.json"
-    if remeasured.is_file():
-        ms = json.loads(remeasured.read_text())
-        for r in recs:
-            if r.arch_key in ms:
-                r.latency_measured_ms = float(ms[r.arch_key])
-    atomic_write_text(run_dir / "trials.jsonl",
-                      "".join(json.dumps(r.to_dict(), sort_keys=False) + "\n" for r in recs))
+
+def to_csv(records: Sequence[TrialRecord]) -> str:
+    """The records as CSV (:data:`CSV_COLUMNS`), sorted by trial number."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     w.writeheader()
-    for r in recs:
+    for r in sorted(records, key=lambda r: r.number):
         d = r.to_dict()
         row = {c: d.get(c) for c in CSV_COLUMNS if c not in ("seconds", "arch")}
         row["seconds"] = round(r.seconds, 3)
         row["arch"] = json.dumps(r.arch, sort_keys=True)
         w.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    atomic_write_text(run_dir / "trials.csv", buf.getvalue())
-
-
-def read_records(run_dir: str | Path) -> list[TrialRecord]:
-    p = Path(run_dir) / "trials.jsonl"
-    if not p.is_file():
-        return []
-    return [TrialRecord.from_dict(json.loads(line)) for line in p.read_text().splitlines() if line.strip()]
+    return buf.getvalue()
 
 
 def read_csv(path: str | Path) -> list[dict]:
@@ -174,24 +162,35 @@ def fronts(records: Sequence[TrialRecord], objectives: Sequence[str], n: int) ->
     return layers
 
 
-def reference_point(records: Sequence[TrialRecord], objectives: Sequence[str],
-                    given: dict | None = None, budget_ms: float | None = None) -> dict[str, float]:
-    """Hypervolume reference point (worst values): given > latency budget > nadir + 10% of the range."""
-    given = dict(given or {})
-    if budget_ms is not None and "latency_ms" in objectives:
-        given.setdefault("latency_ms", budget_ms)
-    usable = [r for r in records if r.usable]
-    out = {}
-    if usable:
-        pts = pareto.to_minimization([r.values(objectives) for r in usable],
-                                     [METRICS[m] for m in objectives])
-        derived = pareto.reference_point(pts)
-    for i, m in enumerate(objectives):
-        if m in given:
-            out[m] = float(given[m])
-        elif usable:
-            out[m] = float(-derived[i] if METRICS[m] == "maximize" else derived[i])
-    return out
+#: accuracy methods whose score is a fraction in [0, 1] (zero-cost proxies have scales of their own)
+FRACTION_METHODS = ("proxy_training", "supernet")
+
+
+def fixed_reference_point(exp: Experiment, records: Sequence[TrialRecord]) -> dict[str, float]:
+    """The hypervolume's reference point (the worst value that still counts, per objective).
+
+    In this order: ``reference_point`` of the experiment; the latency budget for
+    ``latency_ms``; 0 for an accuracy that is a fraction (proxy training, supernet).
+    An objective still without one (a zero-cost score, params, macs, latency with no
+    budget) takes the value of the first usable trial to finish, moved away by its own
+    size (a cost doubled, a positive score to 0): the same for every reader of the same
+    records, and fixed once that trial exists. Fixed points make the hypervolume of the
+    trials finished so far non-decreasing. Objectives with no reference yet are left out
+    (the hypervolume is then 0).
+    """
+    out = {m: float(v) for m, v in exp.reference_point.items()}
+    if exp.latency.budget_ms is not None and "latency_ms" in exp.objectives:
+        out.setdefault("latency_ms", float(exp.latency.budget_ms))
+    if exp.accuracy.method in FRACTION_METHODS:
+        out.setdefault("accuracy", 0.0)
+    missing = [m for m in exp.objectives if m not in out]
+    usable = sorted((r for r in records if r.usable), key=lambda r: (r.finished, r.number))
+    if missing and usable:
+        first = usable[0]
+        for m in missing:
+            v = float(getattr(first, m))
+            out[m] = v - abs(v) if METRICS[m] == "maximize" else v + (abs(v) or 1.0)
+    return {m: out[m] for m in exp.objectives if m in out}
 
 
 def hypervolume(records: Sequence[TrialRecord], objectives: Sequence[str], ref: dict[str, float]) -> float:
@@ -206,7 +205,8 @@ def hypervolume(records: Sequence[TrialRecord], objectives: Sequence[str], ref: 
 
 def hypervolume_history(records: Sequence[TrialRecord], objectives: Sequence[str],
                         ref: dict[str, float]) -> list[tuple[int, float]]:
-    """(trials finished, hypervolume of the front so far) in finishing order, against one fixed ref."""
+    """(trials finished, hypervolume of the front so far) in finishing order, against one fixed ref
+    (non-decreasing: a trial can only add to the front's dominated region)."""
     recs = sorted(records, key=lambda r: (r.finished, r.number))
     return [(i + 1, hypervolume(recs[: i + 1], objectives, ref)) for i in range(len(recs))]
 
@@ -221,5 +221,5 @@ def summary_counts(records: Sequence[TrialRecord]) -> dict[str, int]:
         "infeasible": sum(r.state == "COMPLETE" and not r.feasible for r in records)}
 
 
-__all__ = ["TrialRecord", "write_records", "read_records", "read_csv", "front", "reference_point",
+__all__ = ["TrialRecord", "to_jsonl", "to_csv", "read_csv", "front", "fronts", "fixed_reference_point",
            "hypervolume", "hypervolume_history", "best_accuracy", "summary_counts"]

@@ -16,6 +16,7 @@ from string import Template
 from search_space.io import atomic_write_bytes, atomic_write_text
 
 from . import records as R
+from .run_folder import RunFolder
 
 TEMPLATE = Path(__file__).parent / "templates" / "report.html"
 
@@ -154,13 +155,11 @@ def _png(exp, recs, front, path: Path) -> None:
 
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write ``RUN_DIR/report.html`` and ``RUN_DIR/front.png``; returns both paths."""
-    from .search import run_experiment_file
-
-    run_dir = Path(run_dir)
-    exp = run_experiment_file(run_dir)
-    recs = R.read_records(run_dir)
+    run = RunFolder(run_dir)
+    exp = run.read_experiment()
+    recs = run.read_records()
     front = R.front(recs, exp.objectives)
-    ref = R.reference_point(recs, exp.objectives, exp.reference_point, exp.latency.budget_ms)
+    ref = R.fixed_reference_point(exp, recs)
     fig, hv = _figures(exp, recs, front, ref)
     counts = R.summary_counts(recs)
     meta = {
@@ -182,7 +181,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         refpoint=html.escape(json.dumps(ref)),
         front_table=_front_table(exp, front),
     )
-    out = atomic_write_text(run_dir / "report.html", page)
-    png = run_dir / "front.png"
+    out = atomic_write_text(run.report_html, page)
+    png = run.front_png
     _png(exp, recs, front, png)
     return out, png

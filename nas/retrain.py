@@ -31,6 +31,7 @@ from search_space.io import atomic_write_json, atomic_write_text, read_jsonl
 
 from . import records as R
 from .experiment import Experiment, ExperimentError, RetrainSpec
+from .run_folder import RunFolder
 
 def pick_candidates(front: list[R.TrialRecord], n: int, latency: dict[int, float] | None = None,
                     targets: tuple[float, ...] = (), more: list[list[R.TrialRecord]] = ()) -> list[R.TrialRecord]:
@@ -89,7 +90,7 @@ def near_baselines(records: list[R.TrialRecord], chosen: list[R.TrialRecord], ta
 def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, log=print) -> list[tuple[str, str, Architecture]]:
     """The searched members and the baselines; the pick is saved once (``candidates.json``),
     so a resumed run retrains the same models."""
-    out = run_dir / "retrain"
+    out = RunFolder(run_dir).retrain
     saved = out / "candidates.json"
     baselines = [(name, "baseline", presets.get(name)) for name in spec.baselines]
     if saved.is_file():
@@ -100,7 +101,7 @@ def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, log=print) -> 
                 + baselines
         log(f"retrain: retrain.candidates / rival_band / rivals changed; picking again "
             f"(models already trained are kept)")
-    records = R.read_records(run_dir)
+    records = RunFolder(run_dir).read_records()
     layers = _layers(records, exp.objectives, spec.candidates)
     if not layers:
         raise ExperimentError(f"{run_dir}: the run has no feasible completed trial to retrain")
@@ -177,24 +178,22 @@ def _done(path: Path, recipe: dict, log=print) -> dict[str, dict]:
 
 def _reuse_baselines(spec: RetrainSpec, recipe: dict, names: set[str], log=print) -> list[dict]:
     """Baselines of ``spec.baselines_from`` trained with exactly ``recipe`` (others are trained here)."""
-    from .search import run_experiment_file
-
-    src = Path(spec.baselines_from)
-    if not (src / "experiment.json").is_file():
-        log(f"retrain: retrain.baselines_from {src} holds no run; the baselines are trained here")
+    src = RunFolder(spec.baselines_from)
+    if not src.is_run():
+        log(f"retrain: retrain.baselines_from {src.path} holds no run; the baselines are trained here")
         return []
-    theirs = run_experiment_file(src)
+    theirs = src.read_experiment()
     their_spec = theirs.retrain or RetrainSpec()
     rows = []
-    for row in read_jsonl(src / "retrain" / "results.jsonl"):
+    for row in read_jsonl(src.retrain / "results.jsonl"):
         if row.get("kind") != "baseline" or row["name"] not in names:
             continue
         their_recipe = row.get("recipe") or _recipe(theirs, their_spec, row.get("config"))
         if their_recipe == recipe:
-            rows.append({**row, "recipe": recipe, "reused_from": str(src)})
+            rows.append({**row, "recipe": recipe, "reused_from": str(src.path)})
         else:
             diff = sorted(k for k in recipe if their_recipe.get(k) != recipe[k])
-            log(f"retrain: {row['name']} in {src} differs in {', '.join(diff)}; it is trained here")
+            log(f"retrain: {row['name']} in {src.path} differs in {', '.join(diff)}; it is trained here")
     return rows
 
 
@@ -230,7 +229,7 @@ def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, progress
     from evaluators.training import TrainConfig
 
     run_dir = Path(run_dir)
-    out = run_dir / "retrain"
+    out = RunFolder(run_dir).retrain
     out.mkdir(parents=True, exist_ok=True)
     models = _models(run_dir, exp, spec, log=log)
     results_path = out / "results.jsonl"

@@ -157,12 +157,12 @@ def snapshot(folder: Path) -> dict[str, str]:
 def workdir(tmp_path_factory):
     """A folder holding an earlier run (experiment.json + trials) that no bad input may modify."""
     from nas.experiment import load_experiment
-    from nas.search import prepare_run_dir
+    from nas.run_folder import RunFolder
 
     tmp = tmp_path_factory.mktemp("bad_inputs")
     exp = load_experiment(experiment(tmp))
-    prepare_run_dir(exp, Path(exp.output), resume=False)
-    (Path(exp.output) / "trials.jsonl").write_text('{"number": 0, "state": "COMPLETE"}\n')
+    RunFolder(exp.output).prepare(exp, resume=False)
+    RunFolder(exp.output).trials_jsonl.write_text('{"number": 0, "state": "COMPLETE"}\n')
     return tmp
 
 
@@ -286,12 +286,12 @@ def test_there_are_ten_more_than_the_issues_three():
 def test_resume_that_cannot_run_leaves_the_run_byte_identical(tmp_path, capsys):
     """A run whose dataset lost a file since it started: --resume is refused and the run is untouched."""
     from nas.experiment import load_experiment
-    from nas.search import prepare_run_dir
+    from nas.run_folder import RunFolder
 
     folder = fake_idx(tmp_path / "fm")
     path = fresh(tmp_path, data=f"fashion-mnist:{folder}")
-    prepare_run_dir(load_experiment(path), tmp_path / "new_run", resume=False)
-    (tmp_path / "new_run" / "trials.jsonl").write_text('{"number": 0, "state": "COMPLETE"}\n')
+    RunFolder(tmp_path / "new_run").prepare(load_experiment(path), resume=False)
+    RunFolder(tmp_path / "new_run").trials_jsonl.write_text('{"number": 0, "state": "COMPLETE"}\n')
     before = snapshot(tmp_path / "new_run")
     (folder / "t10k-images-idx3-ubyte.gz").unlink()
     assert main(["search", str(path), "--resume"]) == 2

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from loopback_cluster import LoopbackCluster, namespaces_work, node_options
+from nas.run_folder import TRIALS_JSONL, RunFolder
 from test_search_common import records, tiny_experiment
 
 needs_namespaces = pytest.mark.skipif(namespaces_work() is not None, reason=str(namespaces_work()))
@@ -49,7 +50,7 @@ def wait_records(run_dir: Path, n: int, cluster: LoopbackCluster, log: str = "se
     t0 = time.time()
     while time.time() - t0 < timeout:
         assert cluster.proc.poll() is None, cluster.log(log)
-        if (run_dir / "trials.jsonl").exists() and len(recs := records(run_dir)) >= n:
+        if RunFolder(run_dir).trials_jsonl.exists() and len(recs := records(run_dir)) >= n:
             return recs
         time.sleep(0.2)
     raise AssertionError(f"fewer than {n} trials recorded within {timeout} s")
@@ -86,7 +87,7 @@ def test_worker_node_killed_mid_trial_the_trial_is_retried(tmp_path):
         # mid-training. (Waiting for a first record instead let the kill land in the moment after the
         # worker's trial had sent its final result -- nothing lost, nothing retried -- on a loaded box.)
         c.kill_node_running(TRIAL)
-        return records(tmp_path / "run") if (tmp_path / "run" / "trials.jsonl").exists() else []
+        return records(tmp_path / "run") if RunFolder(tmp_path / "run").trials_jsonl.exists() else []
 
     before, rc, why = run_through(cluster, kill_mid_trial)
     assert rc == 0, why
@@ -131,7 +132,7 @@ def test_only_latency_device_node_killed_the_search_stops_resumably(tmp_path):
     exp = experiment(tmp_path, "stop", trials=4, concurrency=1)
     device = shlex.quote(node_options({"cpus": 0, "resources": DEVICE}))
     # the search stops; the device node comes back; --resume finishes the search
-    command = "; ".join([search(exp, "first"), "echo $? >first.rc", "cp run/trials.jsonl stopped.jsonl",
+    command = "; ".join([search(exp, "first"), "echo $? >first.rc", f"cp run/{TRIALS_JSONL} stopped.jsonl",
                          f"start_worker device2 {device}", "wait_nodes 2", search(exp, "resumed", "--resume")])
     cluster = LoopbackCluster(tmp_path, command, head={"cpus": 1}, workers=[{"cpus": 0, "resources": DEVICE}])
 

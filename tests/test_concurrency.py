@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from nas.run_folder import RunFolder
 from test_search_common import records, start_cli, tiny_experiment
 
 TRIALS = 6
@@ -37,7 +38,7 @@ def journal(run_dir: Path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    return JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+    return JournalStorage(JournalFileBackend(str(RunFolder(run_dir).optuna_journal)))
 
 
 def assert_exact(trials, recs: list[dict], n: int) -> None:
@@ -113,7 +114,7 @@ def test_separate_processes_on_one_run_dir_run_exactly_the_budget(tmp_path):
     assert_exact(trials, recs, TRIALS)
     assert all(t.user_attrs.get("owner") for t in trials)
     # the three re-measured and exported in turn: the front in pareto/ is this run's, re-measured
-    front = json.loads((run_dir / "pareto" / "front.json").read_text())["members"]
+    front = json.loads(RunFolder(run_dir).front_json.read_text())["members"]
     assert front and all(m["latency_measured_ms"] for m in front)
     measured = {r["arch_key"] for r in recs if r["latency_measured_ms"]}
     assert {m["arch_key"] for m in front} <= measured

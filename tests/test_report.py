@@ -21,14 +21,13 @@ def run_dir(tmp_path_factory):
     """A run directory with records of a tiny space (scores made up: this tests rendering only)."""
     from nas.experiment import experiment_from_dict
     from nas.objective import new_record
-    from nas.records import write_records
-    from nas.search import prepare_run_dir
+    from nas.run_folder import RunFolder
     from search_space import SearchSpace
 
     tmp = tmp_path_factory.mktemp("report")
     exp = experiment_from_dict({"name": "report-test", "space": yaml.safe_load(TINY_SPACE),
                                 "latency": {"budget_ms": 0.3}, "output": str(tmp / "run")}, base_dir=tmp)
-    prepare_run_dir(exp, Path(exp.output), resume=False)
+    RunFolder(exp.output).prepare(exp, resume=False)
     space = SearchSpace.from_yaml(TINY_SPACE)
     rng = np.random.default_rng(0)
     recs = []
@@ -41,7 +40,7 @@ def run_dir(tmp_path_factory):
         if i == 5:
             r.state, r.reason = "FAIL", EVIL
         recs.append(r)
-    write_records(exp.output, recs)
+    RunFolder(exp.output).write_records(recs)
     from nas.report import write_report
 
     html_path, png = write_report(exp.output)

@@ -60,22 +60,23 @@ def test_bad_experiments_fail_in_one_line(tmp_path, text, message):
 
 def test_run_folder_needs_resume_and_the_same_experiment(tmp_path):
     from nas.experiment import ExperimentError, experiment_from_dict
-    from nas.search import prepare_run_dir, run_experiment_file
+    from nas.run_folder import RunFolder
 
     d = {"space": yaml.safe_load(TINY_SPACE), "output": str(tmp_path / "run")}
     exp = experiment_from_dict(d, base_dir=tmp_path)
-    prepare_run_dir(exp, Path(exp.output), resume=False)
-    assert run_experiment_file(exp.output) == exp
+    run = RunFolder(exp.output)
+    run.prepare(exp, resume=False)
+    assert run.read_experiment() == exp
     with pytest.raises(ExperimentError, match="pass --resume"):
-        prepare_run_dir(exp, Path(exp.output), resume=False)
-    prepare_run_dir(exp, Path(exp.output), resume=True)
+        run.prepare(exp, resume=False)
+    run.prepare(exp, resume=True)
     more = experiment_from_dict({**d, "search": {"trials": 99}}, base_dir=tmp_path)
-    prepare_run_dir(more, Path(exp.output), resume=True)  # a larger budget extends the run
+    run.prepare(more, resume=True)  # a larger budget extends the run
     changed = experiment_from_dict({**d, "search": {"sampler": "random"}}, base_dir=tmp_path)
     with pytest.raises(ExperimentError, match="experiment changed"):
-        prepare_run_dir(changed, Path(exp.output), resume=True)
+        run.prepare(changed, resume=True)
     with pytest.raises(ExperimentError, match="not a search run directory"):
-        run_experiment_file(tmp_path)
+        RunFolder(tmp_path).read_experiment()
 
 
 def test_experiment_files_in_the_repo_load():
@@ -178,7 +179,7 @@ def test_a_run_folder_written_before_the_options_were_nested_still_reads_and_res
     import json
 
     from nas.experiment import experiment_from_dict
-    from nas.search import prepare_run_dir, run_experiment_file
+    from nas.run_folder import RunFolder
 
     exp = experiment_from_dict({"space": yaml.safe_load(TINY_SPACE), "output": str(tmp_path / "run"),
                                 "search": {"optuna": {"storage": "sqlite:///x.db"}}}, base_dir=tmp_path)
@@ -188,5 +189,5 @@ def test_a_run_folder_written_before_the_options_were_nested_still_reads_and_res
                          num_cpus=None, max_failures=1)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "experiment.json").write_text(json.dumps({"fingerprint": "0123", "experiment": old}))
-    assert run_experiment_file(tmp_path / "run") == exp
-    prepare_run_dir(exp, tmp_path / "run", resume=True)  # the same search: resumes
+    assert RunFolder(tmp_path / "run").read_experiment() == exp
+    RunFolder(tmp_path / "run").prepare(exp, resume=True)  # the same search: resumes

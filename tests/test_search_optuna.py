@@ -1,4 +1,7 @@
-"""The Optuna backend end to end on a tiny space: records, exported front, ONNX, kill + resume."""
+"""The Optuna backend end to end on a tiny space: two worker processes, records, exported front, ONNX.
+
+What both backends must do alike (seeds, score reuse, breaker, kill + resume, ...) is in test_backends.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_search_common import front_from_csv, kill_then_resume, records, tiny_experiment
+from nas.run_folder import FRONT_JSON, RunFolder
+from test_search_common import front_from_csv, records, tiny_experiment
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,7 @@ def tiny_arch_yaml(tmp_path_factory):
 def test_search_prints_where_report_and_export_are(finished_run):
     run_dir, summary = finished_run
     assert Path(summary["report"]).is_file() and Path(summary["png"]).is_file()
-    assert (Path(summary["export_dir"]) / "front.json").is_file()
+    assert Path(summary["export_dir"]) / FRONT_JSON.is_file()
     assert summary["trials"] == 7  # 6 trials (incl. the in-space seed) + the out-of-space preset
     assert summary["states"]["COMPLETE"] == 7
 
@@ -53,13 +57,13 @@ def test_records_mark_seeds_and_have_every_field(finished_run):
     for r in recs:
         assert r["latency_source"] == "measured" and r["latency_ms"] > 0 and r["finished"] >= r["started"] > 0
         assert r["constraint"] == pytest.approx(r["latency_ms"] - 50.0)
-    assert (run_dir / "trials.csv").read_text().count("\n") == len(recs) + 1
+    assert RunFolder(run_dir).trials_csv.read_text().count("\n") == len(recs) + 1
 
 
 def test_exported_set_equals_front_recomputed_from_csv(finished_run):
     run_dir, _ = finished_run
-    front = json.loads((run_dir / "pareto" / "front.json").read_text())
-    assert {m["arch_key"] for m in front["members"]} == front_from_csv(run_dir / "trials.csv")
+    front = json.loads(RunFolder(run_dir).front_json.read_text())
+    assert {m["arch_key"] for m in front["members"]} == front_from_csv(RunFolder(run_dir).trials_csv)
     assert front["reference_point"]["latency_ms"] == 50.0 and front["hypervolume"] > 0
     assert sum(m["knee"] for m in front["members"]) == 1
 
@@ -71,10 +75,10 @@ def test_exported_yaml_rebuilds_recorded_network_and_onnx_runs(finished_run):
     from search_space import Architecture, build_model, profile
 
     run_dir, _ = finished_run
-    front = json.loads((run_dir / "pareto" / "front.json").read_text())
+    front = json.loads(RunFolder(run_dir).front_json.read_text())
     assert front["members"]
     for m in front["members"]:
-        folder = run_dir / "pareto" / m["folder"]
+        folder = RunFolder(run_dir).pareto / m["folder"]
         arch = Architecture.from_yaml(folder / "architecture.yaml")
         model = build_model(arch)
         assert sum(p.numel() for p in model.parameters()) == m["params"] == profile(arch).params
@@ -91,7 +95,7 @@ def test_exported_yaml_rebuilds_recorded_network_and_onnx_runs(finished_run):
 
 def test_front_members_were_remeasured(finished_run):
     run_dir, _ = finished_run
-    front = json.loads((run_dir / "pareto" / "front.json").read_text())
+    front = json.loads(RunFolder(run_dir).front_json.read_text())
     assert all(m["latency_measured_ms"] and m["latency_measured_ms"] > 0 for m in front["members"])
 
 
@@ -106,15 +110,16 @@ def test_export_and_report_commands_rerun(finished_run, cli):
     assert page.stat().st_size > 100_000  # plotly.js inlined
 
 
-def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
-    exp = tiny_experiment(tmp_path, name="kill", trials=6)
-    run_dir = tmp_path / "run"
-    _, after, r = kill_then_resume(exp, run_dir, tmp_path, kill_after=2)
-    assert len(after) == 6  # the budget, exactly: nothing lost, nothing evaluated twice
-    assert json.loads(r.stdout)["trials"] == 6
+def test_a_second_search_in_a_run_folder_needs_resume(finished_run, cli):
+    run_dir, _ = finished_run
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    r = cli("search", run_dir.parent / "t.yaml", "--json", cwd=run_dir.parent)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stdout == ""
+    assert f"{run_dir} already holds a search; pass --resume to continue it" in r.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
-def test_resume_without_flag_refuses_and_bad_file_is_one_line(tmp_path, cli):
+def test_an_unknown_search_key_is_one_line(tmp_path, cli):
     bad = tmp_path / "bad.yaml"
     bad.write_text("space: cifar\nsearch: {trials: 3, samplr: tpe}\n")
     r = cli("search", bad)
@@ -138,30 +143,3 @@ def test_seeds_filling_the_whole_budget_all_run(tmp_path, cli):
     assert r.returncode == 0, r.stderr[-2000:]
     recs = records(tmp_path / "run")
     assert sorted(x["seed"] for x in recs) == ["known0", "known1", "known2"]
-
-
-def test_an_architecture_is_scored_once(tmp_path):
-    """A space of 2 points and 6 trials: the sampler must repeat itself, and the repeats copy the
-    first record (same values, ``copy_of`` its number) instead of scoring it again."""
-    from nas.experiment import load_experiment
-    from nas.search import run_search
-
-    path = tiny_experiment(tmp_path, trials=6)
-    raw = yaml.safe_load(path.read_text())
-    raw["space"]["stages"] = [{"unit": "v2", "channels": 16, "depth": 1, "kernel": [3, 5]},
-                              {"unit": "v2", "channels": 32, "depth": 1}]
-    raw["space"]["head_channels"] = 64
-    path.write_text(yaml.safe_dump(raw))
-    run_search(load_experiment(path), progress=False)
-    recs = records(tmp_path / "run")
-    assert len(recs) == 6 and all(r["state"] == "COMPLETE" for r in recs)
-    first = {}
-    for r in sorted(recs, key=lambda r: r["number"]):
-        if r["arch_key"] not in first:
-            assert r["copy_of"] is None and r["latency_seconds"] > 0
-            first[r["arch_key"]] = r
-        else:
-            orig = first[r["arch_key"]]
-            assert r["copy_of"] == orig["number"] and r["accuracy_seconds"] == 0.0
-            assert (r["accuracy"], r["latency_ms"]) == (orig["accuracy"], orig["latency_ms"])
-    assert len(first) <= 2

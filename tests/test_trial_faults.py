@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nas.run_folder import RunFolder
 from test_search_common import front_from_csv, records, tiny_experiment
 
 OOM_REASON = re.compile(r"^accuracy: out of memory: RSS \d+ MB > search\.trial_memory_mb=800$")
@@ -35,7 +36,7 @@ def _run(exp_path):
     exp = load_experiment(exp_path)
     run_search(exp, progress=False, onnx=False)
     run_dir = Path(exp.output)
-    return run_dir, records(run_dir), json.loads((run_dir / "pareto" / "front.json").read_text())
+    return run_dir, records(run_dir), json.loads(RunFolder(run_dir).front_json.read_text())
 
 
 def _tiny_arch():
@@ -49,14 +50,16 @@ def _tiny_arch():
 
 @pytest.mark.slow
 def test_every_trial_over_the_time_limit_fails_and_the_search_finishes(tmp_path):
-    exp = tiny_experiment(tmp_path, name="slow", trials=3, trial_timeout_s=1, accuracy=SLOW_TRAINING)
+    # (every trial failing alike would trip the breaker, which is tested in test_backends.py)
+    exp = tiny_experiment(tmp_path, name="slow", trials=3, trial_timeout_s=1, accuracy=SLOW_TRAINING,
+                          stop_after_failures=0)
     run_dir, recs, front = _run(exp)
     assert sorted(r["number"] for r in recs) == [0, 1, 2]
     assert all(r["state"] == "FAIL" for r in recs), [(r["state"], r["reason"]) for r in recs]
     assert {r["reason"] for r in recs} == {"accuracy: timeout: exceeded search.trial_timeout_s=1 s"}
     assert all(r["latency_ms"] > 0 for r in recs)  # latency was measured, in the search process
     assert front["members"] == []
-    assert not [p for p in (run_dir / "pareto").iterdir() if p.is_dir()]  # nothing exported
+    assert not [p for p in RunFolder(run_dir).pareto.iterdir() if p.is_dir()]  # nothing exported
 
 
 @pytest.mark.slow
@@ -75,7 +78,7 @@ def test_trial_over_the_memory_limit_fails_others_pass_and_only_they_reach_the_f
     workers = [r["accuracy_extra"]["trial_worker"] for r in sampled]
     assert all(w["peak_rss_mb"] <= 800 for w in workers)
     members = {m["arch_key"] for m in front["members"]}
-    assert members and members == front_from_csv(run_dir / "trials.csv")
+    assert members and members == front_from_csv(RunFolder(run_dir).trials_csv)
     assert wide["arch_key"] not in members
 
 
@@ -93,7 +96,7 @@ def test_ray_backend_records_timeouts_and_finishes(tmp_path):
     assert {x["reason"] for x in recs} == {"accuracy: timeout: exceeded search.trial_timeout_s=1 s"}
     summary = json.loads(r.stdout)
     assert summary["front_size"] == 0 and summary["states"]["FAIL"] == 2
-    assert json.loads((tmp_path / "run" / "pareto" / "front.json").read_text())["members"] == []
+    assert json.loads(RunFolder(tmp_path / "run").front_json.read_text())["members"] == []
 
 
 # ---- one candidate --------------------------------------------------------------------------

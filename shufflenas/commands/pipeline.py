@@ -32,16 +32,17 @@ def run(experiment, as_json):
     Rerun the same command after a kill: each step resumes where it stopped.
     """
     from nas.experiment import load_experiment
+    from nas.run_folder import RunFolder
     from nas.search import run_search
 
     exp = load_experiment(experiment)
     run_dir = Path(exp.output)
-    resume = (run_dir / "experiment.json").exists()
+    resume = RunFolder(run_dir).is_run()
     if resume and not as_json:
         click.echo(f"resuming the run in {run_dir}", err=True)
     res = run_search(exp, resume=resume, progress=not as_json)
     summary = _retrain(run_dir, exp, as_json)
-    emit({"search": res.summary(), "retrain": summary}, as_json, _text(run_dir / "retrain"))
+    emit({"search": res.summary(), "retrain": summary}, as_json, _text(RunFolder(run_dir).retrain))
 
 
 @click.command()
@@ -49,11 +50,11 @@ def run(experiment, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def retrain(run_dir, as_json):
     """Retrain a finished run's front and the baselines (settings: the experiment's 'retrain' section)."""
-    from nas.search import run_experiment_file
+    from nas.run_folder import RunFolder
 
-    exp = run_experiment_file(run_dir)
+    exp = RunFolder(run_dir).read_experiment()
     summary = _retrain(run_dir, exp, as_json)
-    emit(summary, as_json, _text(run_dir / "retrain"))
+    emit(summary, as_json, _text(RunFolder(run_dir).retrain))
 
 
 COMMANDS = [run, retrain]

@@ -56,9 +56,10 @@ def export_cmd(run_dir, no_onnx, as_json):
     import json
 
     from nas.export import export_front
+    from nas.run_folder import FRONT_JSON
 
     out = export_front(run_dir, onnx=not no_onnx)
-    index = json.loads((out / "front.json").read_text())
+    index = json.loads((out / FRONT_JSON).read_text())
     rows = [{"folder": m["folder"], "accuracy": m["accuracy"], "latency ms": m["latency_ms"],
              "params": m["params"], "knee": "*" if m["knee"] else ""} for m in index["members"]]
     emit({"export_dir": str(out), **index}, as_json, table(rows) + f"\n\nexported Pareto set: {out}")
