@@ -28,6 +28,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from evaluators.data import DatasetSpec
 from search_space import Architecture, SearchSpace, load_space, presets
 from search_space.errors import ShuffleNASError
 from search_space.io import load_yaml
@@ -279,8 +280,6 @@ class Experiment(Frozen):
     @field_validator("data")
     @classmethod
     def _known_dataset(cls, v):
-        from evaluators.data import DatasetSpec
-
         DatasetSpec.parse(v)  # a typo fails here, not as one failed trial after another
         return v
 

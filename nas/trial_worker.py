@@ -20,6 +20,7 @@ each call and waits for the parent's answer.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import signal
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import weakref
 from pathlib import Path
 from multiprocessing.connection import Connection, wait
@@ -34,6 +36,8 @@ from typing import Callable, Optional
 
 from evaluators.base import AccuracyResult, EpochCallback
 from search_space import Architecture
+
+from .experiment import ExperimentError
 
 #: How often the parent checks the child's time and memory while a trial runs.
 POLL_S = 0.1
@@ -202,8 +206,6 @@ class TrialWorker:
             if self.memory_mb is not None and rss > self.memory_mb:
                 self.kill()
                 if during:  # every trial would fail the same way: stop the search instead
-                    from .experiment import ExperimentError
-
                     raise ExperimentError(
                         f"search.trial_memory_mb={self.memory_mb} is below what the trial worker needs "
                         f"before any trial (RSS {rss:.0f} MB {during}); raise it")
@@ -275,8 +277,6 @@ def exit_with_parent() -> None:
 
 
 def _reply_error(conn: _Duplex, exc: BaseException) -> None:
-    import traceback
-
     tb = "".join(traceback.format_exception(exc))[-4000:]
     try:
         pickle.loads(pickle.dumps(exc))
@@ -322,8 +322,6 @@ def _release_memory() -> None:
 
     No ``gc.collect()``: reference counting already freed the trial's tensors, and a full
     collection over torch's objects took 0.5-1 s on a loaded 2-core machine."""
-    import ctypes
-
     try:
         ctypes.CDLL(None).malloc_trim(0)  # glibc keeps freed heap pages otherwise
     except (AttributeError, OSError):  # not glibc
