@@ -1,4 +1,9 @@
-"""Shared fixtures. Tests use tiny networks and data; real-size runs live in experiments/."""
+"""Shared fixtures. Tests use tiny networks and data; real-size runs live in experiments/.
+
+Tests that start Ray clusters or several processes, run whole searches, or train or build a table for
+more than ~10 s are marked ``slow``: ``pytest -m "not slow"`` is the fast subset, and every module keeps
+fast tests of its own logic there.
+"""
 
 from __future__ import annotations
 
