@@ -388,7 +388,6 @@ def test_fidelity_is_recorded_per_checkpoint_content(tmp_path, tiny_space):
     assert read_fidelity(path) == [] and "none measured" in describe_fidelity(path)
 
 
-@pytest.mark.slow  # five fresh interpreters; the in-process refusals are tested above
 @pytest.mark.slow  # five CLI processes; the same refusals are checked in-process above
 def test_cli_refuses_mismatched_dataset_space_and_input_size(tmp_path, cli, tiny_space, tiny_space_file, tiny_arch):
     from evaluators.supernet import Supernet, SupernetConfig, save_checkpoint
