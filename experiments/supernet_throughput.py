@@ -5,7 +5,7 @@ Scores N architectures sampled from the supernet's space with
 ``--bn-images`` training images, accuracy on the validation split)
 and prints candidates/hour beside the 500/hour target of issue #4::
 
-    python experiments/supernet_throughput.py experiments/results/fidelity/fidelity_supernet.pt \\
+    python experiments/supernet_throughput.py experiments/results/fidelity_3epoch/fidelity_supernet.pt \\
         --data cifar10:../shared/data/cifar10/cifar-10-python.tar.gz --threads 1
 """
 
