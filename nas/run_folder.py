@@ -49,6 +49,7 @@ FRONT_JSON = "front.json"  # inside PARETO
 REPORT_HTML = "report.html"
 FRONT_PNG = "front.png"
 RETRAIN = "retrain"
+DEPLOY = "deploy"  # the trained networks of retrain (nas.deploy)
 CLAIM_LOCK = ".claim.lock"
 RECORDS_LOCK = ".records.lock"
 FINISH_LOCK = ".finish.lock"
