@@ -16,7 +16,7 @@ from string import Template
 from search_space.io import atomic_write_bytes, atomic_write_text
 
 from . import records as R
-from .run_folder import RunFolder
+from .run_folder import DEPLOY, PARETO, RunFolder
 
 TEMPLATE = Path(__file__).parent / "templates" / "report.html"
 
@@ -153,6 +153,21 @@ def _png(exp, recs, front, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _exported_text(run: RunFolder) -> str:
+    """What the run hands over and whether its weights are trained (a search exports at most proxy-trained ones)."""
+    parts = []
+    if run.front_json.is_file():
+        members = json.loads(run.front_json.read_text())["members"]
+        kinds = sorted({m.get("weights", "untrained") for m in members})
+        parts.append(f"{PARETO}/: {len(members)}, weights {' / '.join(kinds) or '-'}")
+    index = run.path / DEPLOY / "deploy.json"
+    if index.is_file():
+        parts.append(f"{DEPLOY}/: {len(json.loads(index.read_text())['models'])}, weights trained (deploy.md)")
+    elif parts:
+        parts.append(f"trained ones: 'shufflenas retrain {run.path}' puts them in {DEPLOY}/")
+    return "; ".join(parts) or "none yet ('shufflenas export')"
+
+
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write ``RUN_DIR/report.html`` and ``RUN_DIR/front.png``; returns both paths."""
     run = RunFolder(run_dir)
@@ -171,6 +186,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         "backend / sampler": f"{exp.search.backend} / {exp.search.sampler}",
         "trials": ", ".join(f"{v} {k.lower()}" for k, v in counts.items()),
         "hypervolume": f"{R.hypervolume(recs, exp.objectives, ref):.6g}",
+        "exported networks": _exported_text(run),
     }
     page = Template(TEMPLATE.read_text()).substitute(
         title=html.escape(exp.name),

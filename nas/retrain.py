@@ -15,6 +15,9 @@ with the search's target. Results go to ``RUN_DIR/retrain/``:
     front.png         test accuracy vs latency: searched front against the baselines
     summary.json      everything above plus, per baseline, the best searched model at or
                       under its latency (within the measured noise) and whether it wins
+
+Then every trained model goes to ``RUN_DIR/deploy/`` with its weights, an ONNX
+file checked against PyTorch, its test accuracy and latency (:mod:`nas.deploy`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from search_space import Architecture, build_model, presets, profile
 from search_space.io import atomic_write_json, atomic_write_text, read_jsonl
 
 from . import records as R
+from .deploy import deploy
 from .experiment import Experiment, ExperimentError, RetrainSpec
 from .run_folder import RunFolder
 
@@ -207,8 +211,9 @@ def recipe_data(exp: Experiment, spec: RetrainSpec, arch: Architecture):
 
 
 def train_and_test(arch: Architecture, data, config, checkpoint: Path):
-    """Train ``arch`` with ``config`` (best-validation weights kept in ``checkpoint``), then test
-    those weights once. Returns the training result, test accuracy and test loss."""
+    """Train ``arch`` with ``config``, save the weights after the last epoch to ``checkpoint`` and
+    test those weights once (no model is picked by its test accuracy, nor by an epoch's validation
+    accuracy). Returns the training result, test accuracy and test loss."""
     import torch
 
     from evaluators.training import evaluate, train
@@ -218,7 +223,8 @@ def train_and_test(arch: Architecture, data, config, checkpoint: Path):
     state.unlink(missing_ok=True)
     model = build_model(arch)
     model.load_state_dict(torch.load(res.checkpoint, map_location="cpu", weights_only=True))
-    test_acc, test_loss = evaluate(model, data.test, data.mean, data.std)
+    test_acc, test_loss = evaluate(model, data.test, data.mean, data.std, device=config.placement(),
+                                   workers=config.loader_workers)  # on the training's device
     return res, test_acc, test_loss
 
 
@@ -245,14 +251,17 @@ def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, progress
             log(f"retrain: {row['name']} reused from {row['reused_from']} (same recipe): "
                 f"{row['test_acc']:.4f} test")
     data_cache: dict[int, Any] = {}
+
+    def data_for(arch: Architecture):
+        if arch.input_size not in data_cache:
+            data_cache[arch.input_size] = recipe_data(exp, spec, arch)
+        return data_cache[arch.input_size]
+
     for name, kind, arch in models:
         if name in done:
             log(f"retrain: {name} already trained ({done[name]['test_acc']:.4f} test), skipped")
             continue
-        size = arch.input_size
-        if size not in data_cache:
-            data_cache[size] = recipe_data(exp, spec, arch)
-        data = data_cache[size]
+        data = data_for(arch)
         log(f"retrain: {name} ({kind}) for {config.epochs} epochs on {len(data.train)} images ...")
         t0 = time.perf_counter()
         res, test_acc, test_loss = train_and_test(arch, data, config, out / name / "weights.pt")
@@ -277,7 +286,10 @@ def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, progress
         for name, _, arch in models:
             latency[name] = worker.latency(arch).to_dict()
     atomic_write_json(out / "latency.json", latency)
-    return summarise(out, [done[n] for n, _, _ in models], latency, spec)
+    rows = [done[n] for n, _, _ in models]
+    summary = summarise(out, rows, latency, spec)
+    summary["deploy"] = str(deploy(run_dir, rows, latency, data_for, log=log))
+    return summary
 
 
 def summarise(out: Path, rows: list[dict], latency: dict, spec: RetrainSpec) -> dict:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -28,17 +34,30 @@ def finished_run(tmp_path_factory):
     return tmp_path, path, exp, json.loads(buf.getvalue())
 
 
+@pytest.mark.slow  # a whole `shufflenas run`: search, retraining, export
 def test_run_searches_retrains_and_resumes(finished_run, capsys):
     tmp_path, path, _, summary = finished_run
     out = tmp_path / "run" / "retrain"
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     kinds = sorted(r["kind"] for r in rows)
     assert kinds.count("baseline") == 1 and 1 <= kinds.count("searched") <= 3  # 2 + at most 1 in the band
+    test_images = 359  # digits' fixed test split (20% of 1,797), whatever the training subset
     for r in rows:
-        assert 0.0 <= r["test_acc"] <= 1.0 and r["train_images"] == 270  # same split for every model
+        assert r["train_images"] == 270  # same split for every model
+        assert r["test_acc"] * test_images == pytest.approx(round(r["test_acc"] * test_images))  # a count of images
     assert {m["name"] for m in summary["retrain"]["models"]} == {r["name"] for r in rows}
+    # the verdict, recomputed: the searched model with the best validation accuracy at or under the baseline's
+    # re-measured latency (within the tolerance) against the baseline, by test accuracy
+    latency = json.loads((out / "latency.json").read_text())
+    base = next(r for r in rows if r["kind"] == "baseline")
+    limit = latency[base["name"]]["median_ms"] * (1 + summary["retrain"]["latency_tolerance"])
+    models = summary["retrain"]["models"]  # in the order the comparison reads them (ties: the first)
+    rivals = [r for r in models if r["kind"] == "searched" and latency[r["name"]]["median_ms"] <= limit]
+    best = max(rivals, key=lambda r: r["val_acc"], default=None)
     verdict = summary["retrain"]["comparison"][0]
-    assert verdict["baseline"] == "shufflenet_v2_x0_5_cifar" and isinstance(verdict["wins"], bool)
+    assert verdict["baseline"] == base["name"] == "shufflenet_v2_x0_5_cifar"
+    assert verdict["best_searched"] == (best["name"] if best else None)
+    assert verdict["wins"] is bool(best and best["test_acc"] > base["test_acc"])
     assert (out / "table.md").read_text().startswith("| model |") and (out / "front.png").stat().st_size > 0
     picked = json.loads((out / "candidates.json").read_text())
     assert {m["name"] for m in picked["searched"]} == {r["name"] for r in rows if r["kind"] == "searched"}
@@ -71,6 +90,7 @@ def test_pick_matches_each_baseline_then_spreads():
     assert [r.number for r in pick_candidates(front, 3)] == [0, 4, 7]  # no targets: spread evenly
 
 
+@pytest.mark.slow  # a whole `shufflenas run`: search, retraining, export
 def test_baselines_reused_only_with_the_same_recipe(finished_run, tmp_path):
     """retrain.baselines_from copies another run's baselines when dataset, split, seed and
     training settings are identical, and trains them again when anything differs."""
@@ -159,3 +179,128 @@ def test_rival_band_adds_the_best_scored_network_just_under_each_baseline():
     # k=2: the two best in b1's band; one already chosen there counts towards the two
     assert [r.number for r in near_baselines(recs, front, {"b1": 4.0}, band=0.3, scale=2.0, k=2)] == [2, 1]
     assert [r.number for r in near_baselines(recs, front + [recs[2]], {"b1": 4.0}, band=0.3, scale=2.0, k=2)] == [1]
+
+
+def _shell(line: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``line`` run by bash in ``cwd``, with this interpreter first on PATH as ``python``."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(["bash", "-c", line], cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.slow  # a whole `shufflenas run`: search, retraining, export
+def test_deploy_folder_holds_the_trained_networks(finished_run):
+    """Every retrained model: architecture, trained weights (weights_only), ONNX from those weights checked
+    against PyTorch, test accuracy, re-measured latency, a load line; and the index."""
+    import torch
+
+    from search_space import Architecture, build_model
+
+    tmp_path, _, _, summary = finished_run
+    run_dir = tmp_path / "run"
+    deploy = run_dir / "deploy"
+    assert Path(summary["retrain"]["deploy"]) == deploy
+    rows = {json.loads(x)["name"]: json.loads(x) for x in (run_dir / "retrain" / "results.jsonl").read_text().splitlines()}
+    latency = json.loads((run_dir / "retrain" / "latency.json").read_text())
+    index = json.loads((deploy / "deploy.json").read_text())
+    assert [m["name"] for m in index["models"]] == sorted(rows, key=lambda n: latency[n]["median_ms"])
+    assert index["not_deployed"] == []
+    for m in index["models"]:
+        folder = deploy / m["folder"]
+        doc = yaml.safe_load((folder / "model.yaml").read_text())
+        row = rows[m["name"]]
+        assert doc["weights"].startswith("trained (1 epoch(s), ") and doc["recipe"] == row["recipe"]
+        assert doc["test_accuracy"] == row["test_acc"] and doc["latency_ms"]["median_ms"] == latency[m["name"]]["median_ms"]
+        arch = Architecture.from_yaml(folder / "architecture.yaml")
+        assert arch.to_dict() == row["arch"]
+        state = torch.load(folder / "weights.pt", weights_only=True)
+        assert state.keys() == torch.load(run_dir / "retrain" / m["name"] / "weights.pt", weights_only=True).keys()
+        build_model(arch).load_state_dict(state)  # strict
+        chk = doc["onnx_check"]
+        assert chk["max_abs_diff_vs_torch"] < 1e-4 and chk["inputs"] == 256
+        assert chk["same_prediction"] >= chk["inputs"] - 1
+        assert f"| [{m['name']}]({m['folder']}/model.yaml) |" in (deploy / "deploy.md").read_text()
+
+
+@pytest.mark.slow  # a whole `shufflenas run`: search, retraining, export
+def test_exported_onnx_gives_the_reported_test_accuracy(finished_run):
+    """The deployed ONNX file, run in ONNX Runtime on the test split with the preprocessing its model.yaml
+    states, gets exactly the test accuracy retraining reported (same count of correct images)."""
+    import onnxruntime as ort
+
+    from nas.experiment import load_experiment
+    from nas.retrain import recipe_data
+    from search_space import Architecture
+
+    tmp_path, path, _, _ = finished_run
+    exp = load_experiment(path)
+    deploy = tmp_path / "run" / "deploy"
+    for m in json.loads((deploy / "deploy.json").read_text())["models"]:
+        doc = yaml.safe_load((deploy / m["folder"] / "model.yaml").read_text())
+        pre = doc["preprocessing"]
+        test = recipe_data(exp, exp.retrain, Architecture.from_yaml(deploy / m["folder"] / "architecture.yaml")).test
+        mean = np.float32(255) * np.asarray(pre["mean"], np.float32).reshape(1, -1, 1, 1)
+        std = np.float32(255) * np.asarray(pre["std"], np.float32).reshape(1, -1, 1, 1)
+        x = (test.x.numpy().astype(np.float32) - mean) / std
+        sess = ort.InferenceSession(str(deploy / m["folder"] / "model.onnx"), providers=["CPUExecutionProvider"])
+        correct = int((sess.run(None, {"input": x})[0].argmax(1) == test.y.numpy()).sum())
+        assert len(test) == doc["test_images"]
+        assert correct == doc["test_correct"] == round(doc["test_accuracy"] * len(test)), m["name"]
+
+
+@pytest.mark.slow  # a whole `shufflenas run`: search, retraining, export
+def test_load_lines_run_verbatim_from_elsewhere_and_in_a_moved_folder(finished_run, tmp_path):
+    """The export's rebuild line and the deploy folder's load line, copied as written, run from another
+    working directory; after moving the folder, the part after '&&' runs inside it."""
+    run_root, _, _, _ = finished_run
+    run_dir = run_root / "run"
+    front = json.loads((run_dir / "pareto" / "front.json").read_text())
+    cand = yaml.safe_load((run_dir / "pareto" / front["members"][0]["folder"] / "candidate.yaml").read_text())
+    deployed = json.loads((run_dir / "deploy" / "deploy.json").read_text())["models"][0]
+    model = yaml.safe_load((run_dir / "deploy" / deployed["folder"] / "model.yaml").read_text())
+    assert model["load"] == deployed["load"]
+    for line in (cand["rebuild"], model["load"]):
+        assert ".new" not in line and str(run_dir) in line
+        r = _shell(line, cwd=tmp_path)
+        assert r.returncode == 0, (line, r.stderr[-2000:])
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir / "deploy" / deployed["folder"], moved)
+    python_part = model["load"].split(" && ", 1)[1]
+    r = _shell(python_part, cwd=moved)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.slow  # a whole `shufflenas run`: search, retraining, export
+def test_search_exports_say_their_weights_are_untrained(finished_run):
+    run_root, _, _, _ = finished_run
+    pareto = run_root / "run" / "pareto"
+    front = json.loads((pareto / "front.json").read_text())
+    assert front["members"] and all(m["weights"] == "untrained" for m in front["members"])
+    for m in front["members"]:
+        text = (pareto / m["folder"] / "candidate.yaml").read_text()
+        assert text.startswith("# File names in this file are relative to its folder.")
+        cand = yaml.safe_load(text)
+        assert cand["weights"].startswith("untrained (initial weights, zero-cost scoring trains nothing")
+        assert "weights" not in cand["files"] and "load_state_dict" not in cand["rebuild"]
+    # and the console says so when the front is exported
+    copy = run_root / "copy_for_export"
+    shutil.copytree(run_root / "run", copy, ignore=shutil.ignore_patterns("deploy", "retrain"))
+    from nas.export import export_front
+
+    logs = []
+    export_front(copy, onnx=False, log=logs.append)
+    assert len(logs) == 1 and "are untrained" in logs[0] and f"shufflenas retrain {copy}" in logs[0]
+    shutil.rmtree(copy)
+
+
+def test_proxy_trained_weights_are_named_so(tmp_path):
+    from nas.experiment import experiment_from_dict
+    from nas.export import weights_status
+    from nas.records import TrialRecord
+    from test_search_common import tiny_experiment as _tiny
+
+    exp = experiment_from_dict(yaml.safe_load(_tiny(tmp_path, accuracy={"method": "proxy_training"}).read_text()),
+                               base_dir=tmp_path)
+    rec = TrialRecord(number=3, arch={}, arch_key="k", accuracy=0.5, latency_ms=1.0, epochs=2)
+    assert weights_status(rec, exp, True).startswith("proxy-trained (2 epoch(s) of the search's proxy training on digits")
+    assert weights_status(rec, exp, False).startswith("untrained (initial weights, the trial's checkpoint is not")

@@ -80,3 +80,23 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert 'class="main-svg"' in dom.stdout and "Pareto front" in dom.stdout
     assert dom.stdout.count('class="scatterlayer') >= 2  # front plot and hypervolume plot
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_report_says_what_the_exported_weights_are(run_dir, tmp_path):
+    """A search's export holds untrained or proxy-trained weights, the deploy folder trained ones:
+    the report says which the run has."""
+    import html
+    import json
+
+    from nas.report import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir[0], run)
+    assert "none yet (&#x27;shufflenas export&#x27;)" in write_report(run)[0].read_text()
+    (run / "pareto").mkdir()
+    (run / "pareto" / "front.json").write_text(json.dumps({"members": [{"weights": "untrained"}] * 2}))
+    page = write_report(run)[0].read_text()
+    assert "pareto/: 2, weights untrained" in page and html.escape(f"'shufflenas retrain {run}'") in page
+    (run / "deploy").mkdir()
+    (run / "deploy" / "deploy.json").write_text(json.dumps({"models": [{"name": "trial3"}]}))
+    assert "deploy/: 1, weights trained (deploy.md)" in write_report(run)[0].read_text()

@@ -18,16 +18,20 @@ def _retrain(run_dir: Path, exp, as_json: bool) -> dict:
     return retrain(run_dir, exp, spec, log=log)
 
 
-def _text(out: Path) -> str:
+def _text(out: Path, summary: dict) -> str:
+    deployed = Path(summary["deploy"])
     return ((out / "table.md").read_text() + f"\nretrained models, table and plot: {out}"
-            f"\n  {out / 'table.md'}\n  {out / 'front.png'}")
+            f"\n  {out / 'table.md'}\n  {out / 'front.png'}"
+            f"\ntrained networks (architecture, weights, ONNX, test accuracy, latency, load line): {deployed}"
+            f"\n  {deployed / 'deploy.md'}")
 
 
 @click.command()
 @click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path), metavar="EXPERIMENT.yaml")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (no progress bar)")
 def run(experiment, as_json):
-    """Search, export, then retrain the front and the baselines at equal budget and test them once.
+    """Search, export, then retrain the front and the baselines at equal budget, test them once, and
+    put the trained networks (weights, ONNX, test accuracy, latency) in RUN_DIR/deploy/.
 
     Rerun the same command after a kill: each step resumes where it stopped.
     """
@@ -42,19 +46,20 @@ def run(experiment, as_json):
         click.echo(f"resuming the run in {run_dir}", err=True)
     res = run_search(exp, resume=resume, progress=not as_json)
     summary = _retrain(run_dir, exp, as_json)
-    emit({"search": res.summary(), "retrain": summary}, as_json, _text(RunFolder(run_dir).retrain))
+    emit({"search": res.summary(), "retrain": summary}, as_json, _text(RunFolder(run_dir).retrain, summary))
 
 
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path), metavar="RUN_DIR")
 @click.option("--json", "as_json", is_flag=True)
 def retrain(run_dir, as_json):
-    """Retrain a finished run's front and the baselines (settings: the experiment's 'retrain' section)."""
+    """Retrain a finished run's front and the baselines (settings: the experiment's 'retrain' section);
+    the trained networks go to RUN_DIR/deploy/."""
     from nas.run_folder import RunFolder
 
     exp = RunFolder(run_dir).read_experiment()
     summary = _retrain(run_dir, exp, as_json)
-    emit(summary, as_json, _text(RunFolder(run_dir).retrain))
+    emit(summary, as_json, _text(RunFolder(run_dir).retrain, summary))
 
 
 COMMANDS = [run, retrain]
