@@ -39,6 +39,7 @@ def tiny_arch_yaml(tmp_path_factory):
     return p
 
 
+@pytest.mark.slow  # a whole search in a fresh interpreter (module fixture)
 def test_search_prints_where_report_and_export_are(finished_run):
     run_dir, summary = finished_run
     assert Path(summary["report"]).is_file() and Path(summary["png"]).is_file()
@@ -47,6 +48,7 @@ def test_search_prints_where_report_and_export_are(finished_run):
     assert summary["states"]["COMPLETE"] == 7
 
 
+@pytest.mark.slow  # a whole search in a fresh interpreter (module fixture)
 def test_records_mark_seeds_and_have_every_field(finished_run):
     run_dir, _ = finished_run
     recs = records(run_dir)
@@ -60,6 +62,7 @@ def test_records_mark_seeds_and_have_every_field(finished_run):
     assert RunFolder(run_dir).trials_csv.read_text().count("\n") == len(recs) + 1
 
 
+@pytest.mark.slow  # a whole search in a fresh interpreter (module fixture)
 def test_exported_set_equals_front_recomputed_from_csv(finished_run):
     run_dir, _ = finished_run
     front = json.loads(RunFolder(run_dir).front_json.read_text())
@@ -68,6 +71,7 @@ def test_exported_set_equals_front_recomputed_from_csv(finished_run):
     assert sum(m["knee"] for m in front["members"]) == 1
 
 
+@pytest.mark.slow  # a whole search in a fresh interpreter (module fixture)
 def test_exported_yaml_rebuilds_recorded_network_and_onnx_runs(finished_run):
     import numpy as np
     import onnxruntime as ort
@@ -93,12 +97,14 @@ def test_exported_yaml_rebuilds_recorded_network_and_onnx_runs(finished_run):
         assert cand["onnx_check"]["max_abs_diff_vs_torch"] < 1e-3
 
 
+@pytest.mark.slow  # a whole search in a fresh interpreter (module fixture)
 def test_front_members_were_remeasured(finished_run):
     run_dir, _ = finished_run
     front = json.loads(RunFolder(run_dir).front_json.read_text())
     assert all(m["latency_measured_ms"] and m["latency_measured_ms"] > 0 for m in front["members"])
 
 
+@pytest.mark.slow  # a whole search in a fresh interpreter (module fixture)
 def test_export_and_report_commands_rerun(finished_run, cli):
     run_dir, _ = finished_run
     r = cli("export", run_dir, "--no-onnx", "--json")
@@ -110,6 +116,7 @@ def test_export_and_report_commands_rerun(finished_run, cli):
     assert page.stat().st_size > 100_000  # plotly.js inlined
 
 
+@pytest.mark.slow  # a whole search in a fresh interpreter (module fixture)
 def test_a_second_search_in_a_run_folder_needs_resume(finished_run, cli):
     run_dir, _ = finished_run
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
@@ -127,6 +134,7 @@ def test_an_unknown_search_key_is_one_line(tmp_path, cli):
     assert "search.samplr: unknown key" in r.stderr
 
 
+@pytest.mark.slow  # a whole search in a fresh interpreter
 def test_seeds_filling_the_whole_budget_all_run(tmp_path, cli):
     """Enqueued seeds waiting to run must not use up the budget (a replay of known networks)."""
     from conftest import TINY_SPACE
