@@ -11,6 +11,7 @@ import io
 import json
 import pickle
 import shlex
+import shutil
 import struct
 import sys
 import tarfile
@@ -184,21 +185,20 @@ def test_idx_files_are_read_whole(tmp_path):
     refused(tmp_path, "data:", "missing train-labels", data=f"fashion-mnist:{folder}")
 
 
-def test_image_folder_needs_two_classes_of_readable_images(tmp_path):
+def test_image_folder_needs_the_imagenet_layout_and_two_classes(tmp_path):
     from PIL import Image
 
     from nas.preflight import check_data
 
     root = tmp_path / "imgs"
-    for cls in ("cat", "dog"):
-        (root / cls).mkdir(parents=True)
-        Image.new("RGB", (8, 8)).save(root / cls / "a.png")
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(root / split / cls / "a.png")
     assert check_data(f"folder:{root}") == 2
-    (root / "dog" / "b.png").write_bytes(b"no png")
-    refused(tmp_path, "data:", "b.png", data=f"folder:{root}")
-    (root / "dog" / "b.png").unlink()
-    (root / "dog" / "a.png").unlink()
-    (root / "dog").rmdir()
+    refused(tmp_path, "data:", "no train/", data=f"folder:{root / 'train'}")  # class folders, no splits
+    for split in ("train", "val"):
+        shutil.rmtree(root / split / "dog")
     refused(tmp_path, "data:", "1 class folder", data=f"folder:{root}")
 
 
