@@ -43,7 +43,7 @@ def tiny_arch_yaml(tmp_path_factory):
 def test_search_prints_where_report_and_export_are(finished_run):
     run_dir, summary = finished_run
     assert Path(summary["report"]).is_file() and Path(summary["png"]).is_file()
-    assert Path(summary["export_dir"]) / FRONT_JSON.is_file()
+    assert (Path(summary["export_dir"]) / FRONT_JSON).is_file()
     assert summary["trials"] == 7  # 6 trials (incl. the in-space seed) + the out-of-space preset
     assert summary["states"]["COMPLETE"] == 7
 
