@@ -453,3 +453,51 @@ def test_latency_band_sampling_uses_the_lookup_table(tmp_path, tiny_space):
     assert all(lo <= lut.predict(s.sample(step_generator(0, "path", i, 0))) <= hi for i in range(30))
     with pytest.raises(Exception, match="latency_band needs lut"):
         SupernetConfig(latency_band=(lo, hi))
+
+
+# ---- a variant named in settings (experiment files) ---------------------------------------------
+
+
+def test_a_variant_in_the_settings_fills_its_recipe_and_explicit_settings_override_it():
+    from evaluators.supernet import VARIANTS, SupernetConfig
+    from search_space.errors import ShuffleNASError
+
+    cfg = SupernetConfig(variant="sandwich", epochs=3)
+    assert cfg == SupernetConfig(strategy="sandwich", sandwich_random=2, distill=True, epochs=3)
+    assert cfg == SupernetConfig.variant("sandwich", epochs=3)
+    assert SupernetConfig(variant="sandwich", sandwich_random=0).sandwich_random == 0
+    # an explicit setting wins even where it equals the field's default
+    assert SupernetConfig(variant="ofa_warmup").largest_warmup == 0.25
+    assert SupernetConfig(variant="ofa_warmup", largest_warmup=0.0) == SupernetConfig()
+    assert SupernetConfig(variant="spos_balanced").depth_sampling == "balanced"
+    assert SupernetConfig(variant="spos") == SupernetConfig()
+    with pytest.raises(ShuffleNASError) as err:
+        SupernetConfig(variant="bignas", epochs=3)
+    msg = str(err.value)
+    assert "\n" not in msg and "unknown variant 'bignas'" in msg and all(v in msg for v in VARIANTS), msg
+
+
+def test_an_experiment_names_a_supernet_variant_and_preflight_refuses_an_unknown_one(tmp_path, capsys):
+    import yaml
+
+    from evaluators.supernet import load_supernet
+    from nas.experiment import experiment_from_dict
+    from nas.objective import prepare
+    from nas.preflight import PreflightError, preflight
+
+    def experiment(train: dict):
+        return experiment_from_dict({"name": "v", "space": yaml.safe_load(TINY), "data": "digits",
+                                     "search": {"trials": 2}, "output": str(tmp_path / "run"),
+                                     "accuracy": {"method": "supernet", "checkpoint": str(tmp_path / "sn.pt"),
+                                                  "supernet_train": train}}, base_dir=tmp_path)
+
+    with pytest.raises(PreflightError) as err:
+        preflight(experiment({"variant": "bignas", "epochs": 1}), resume=False, address=None)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("accuracy.supernet_train: ") and "unknown variant 'bignas'" in msg
+    assert "spos, spos_balanced, sandwich, ofa_warmup" in msg, msg
+    exp = experiment({"variant": "sandwich", "sandwich_random": 1, "epochs": 1, "batch_size": 32, "subset": 160})
+    preflight(exp, resume=False, address=None)
+    prepare(exp, progress=False)
+    cfg = load_supernet(tmp_path / "sn.pt").config
+    assert (cfg.strategy, cfg.distill, cfg.sandwich_random, cfg.epochs) == ("sandwich", True, 1, 1)

@@ -2,11 +2,16 @@
 
 Every training recipe the fidelity benchmark compares is one setting of
 :class:`SupernetConfig`; :data:`VARIANTS` names the ones that follow published
-methods, and ``SupernetConfig.variant(name, **overrides)`` builds one.
+methods. ``SupernetConfig(variant="sandwich", epochs=30)`` (what an experiment
+file's ``accuracy.supernet_train: {variant: sandwich, epochs: 30}`` becomes) or
+``SupernetConfig.variant("sandwich", epochs=30)`` builds one: the variant fills
+its settings, and settings given explicitly override them.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Optional
 
@@ -19,7 +24,7 @@ DEPTH_SAMPLING = ("uniform", "balanced")
 
 #: Settings that change how a run computes, not what it computes: a checkpoint
 #: may be resumed with other values (see :meth:`SupernetConfig.same_run`).
-RUNTIME_FIELDS = ("threads", "device", "amp", "channels_last")
+RUNTIME_FIELDS = ("threads", "device", "amp", "channels_last", "loader_workers")
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class SupernetConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (evaluators.device: auto = Ray's GPU, a GPU, else CPU)
     amp: str = "auto"  # auto (bf16/fp16 autocast on CUDA only) | off | bf16 | fp16
     channels_last: str = "auto"  # auto (on for CUDA) | true | false
+    loader_workers: Optional[int] = None  # folder: data: decoding processes per trainer (None: one per spare core)
     subset: Optional[int] = None  # images drawn from the training set (then split train/val)
     val_fraction: float = 0.1
     augment: bool = True
@@ -63,6 +69,8 @@ class SupernetConfig:
         object.__setattr__(self, "channels_last", check_channels_last_setting(self.channels_last))
         if self.epochs < 1 or self.batch_size < 1 or self.threads < 1:
             raise bad("epochs, batch_size and threads must be >= 1")
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise bad(f"loader_workers must be >= 0 (got {self.loader_workers})")
         if self.lr <= 0:
             raise bad(f"lr must be > 0 (got {self.lr})")
         for name, allowed in (("schedule", SCHEDULES), ("strategy", STRATEGIES),
@@ -113,9 +121,7 @@ class SupernetConfig:
     @classmethod
     def variant(cls, name: str, **overrides) -> "SupernetConfig":
         """The recipe :data:`VARIANTS` calls ``name``, with ``overrides`` on top."""
-        if name not in VARIANTS:
-            raise ShuffleNASError(f"unknown supernet variant {name!r}; choose one of: {', '.join(VARIANTS)}")
-        return cls(**{**VARIANTS[name], **overrides})
+        return cls(variant=name, **overrides)
 
     def replace(self, **changes) -> "SupernetConfig":
         return replace(self, **changes)
@@ -131,6 +137,32 @@ class SupernetConfig:
         """``field=value (other: value)`` for every setting that makes ``other`` another run."""
         a, b = self.to_dict(), other.to_dict()
         return [f"{k}={a[k]!r} (checkpoint: {b[k]!r})" for k in a if k not in RUNTIME_FIELDS and a[k] != b.get(k)]
+
+
+def _accept_variant(init):
+    """Wrap the dataclass ``__init__`` so that ``variant=NAME`` fills that recipe's settings first.
+
+    The name itself is not stored: a config is its settings, so a checkpoint trained as
+    ``variant: sandwich`` resumes under the same settings written out field by field.
+    The signature lists ``variant`` beside the fields (preflight names the known settings from it).
+    """
+    @functools.wraps(init)
+    def __init__(self, *args, variant: Optional[str] = None, **settings):
+        if variant is not None:
+            if variant not in VARIANTS:
+                raise ShuffleNASError(f"supernet config: unknown variant {variant!r}; "
+                                      f"choose one of: {', '.join(VARIANTS)}")
+            settings = {**VARIANTS[variant], **settings}
+        init(self, *args, **settings)
+
+    sig = inspect.signature(init)
+    __init__.__signature__ = sig.replace(parameters=[
+        *sig.parameters.values(),
+        inspect.Parameter("variant", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Optional[str])])
+    return __init__
+
+
+SupernetConfig.__init__ = _accept_variant(SupernetConfig.__init__)
 
 
 #: Named recipes, each one setting of SupernetConfig (compared by experiments/fidelity.py):
