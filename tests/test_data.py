@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluators.data import DataError, DatasetSpec, batches, load_dataset, load_raw
+from evaluators.data import DataError, DatasetSpec, batches, check_dataset, load_dataset, load_raw
 from evaluators.data.download import fetch
 from evaluators.data.tensors import TensorData, adapt, augment_batch
 
@@ -229,6 +229,94 @@ def test_a_flat_class_folder_is_refused_with_the_layout_to_use(tmp_path):
     _png_tree(tmp_path / "pool")
     with pytest.raises(DataError, match="no train/ and val/ folder; expected the ImageNet layout"):
         load_raw(f"folder:{tmp_path / 'pool'}")
+
+
+# ---- check_dataset: the loaders' files, checked without loading them ---------------------------
+def _fake_cifar_archive(tmp_path, n=6):
+    d = _fake_cifar_dir(tmp_path / "src", n=n)
+    tar = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(tar, "w:gz") as t:
+        t.add(d, arcname="cifar-10-batches-py")
+    return tar
+
+
+def test_check_cifar_reads_the_archive_through_and_decodes_only_the_test_batch(tmp_path, monkeypatch):
+    import evaluators.data.cifar as cifar
+
+    tar = _fake_cifar_archive(tmp_path, n=6)
+    decoded = []
+    real = cifar._read_batch
+    monkeypatch.setattr(cifar, "_read_batch", lambda raw, where: decoded.append(where) or real(raw, where))
+    for spec in (f"cifar10:{tar}", f"cifar10:{tmp_path}", f"cifar10:{tmp_path / 'src'}"):
+        decoded.clear()
+        s = check_dataset(spec)
+        assert (s.name, s.num_classes, dict(s.images)) == ("cifar10", 10, {"test": 6})
+        assert len(decoded) == 1 and decoded[0].endswith(":test_batch"), decoded
+    assert check_dataset("cifar10", root=str(tmp_path)).source == str(tar)  # in the cache: no download
+    decoded.clear()
+    assert len(load_raw(f"cifar10:{tar}").train) == 30 and len(decoded) == 6  # the loader decodes all six
+
+
+def _broken_cifar(tmp_path, how):
+    tar = _fake_cifar_archive(tmp_path)
+    data = bytearray(tar.read_bytes())
+    if how == "truncated":
+        data = data[:len(data) * 6 // 10]
+    elif how == "crc":
+        data[-6] ^= 0xFF  # in the gzip trailer's checksum: nothing but a read to the end notices
+    elif how == "missing":
+        with tarfile.open(tar, "w:gz") as t:
+            for i in (1, 2, 4, 5):
+                t.add(tmp_path / "src" / "cifar-10-batches-py" / f"data_batch_{i}",
+                      arcname=f"cifar-10-batches-py/data_batch_{i}")
+            t.add(tmp_path / "src" / "cifar-10-batches-py" / "test_batch", arcname="cifar-10-batches-py/test_batch")
+        return tar
+    elif how == "bad_test":
+        (tmp_path / "src" / "cifar-10-batches-py" / "test_batch").write_bytes(b"garbage")
+        return tmp_path / "src"
+    tar.write_bytes(bytes(data))
+    return tar
+
+
+@pytest.mark.parametrize("how,needle", [("truncated", "corrupt or truncated archive"),
+                                        ("crc", "corrupt or truncated archive"),
+                                        ("missing", "missing data_batch_3"),
+                                        ("bad_test", "test_batch: not a CIFAR-10 batch")])
+def test_check_and_loader_refuse_a_broken_cifar_the_same_way(tmp_path, how, needle):
+    spec = f"cifar10:{_broken_cifar(tmp_path, how)}"
+    with pytest.raises(DataError) as checked:
+        check_dataset(spec)
+    with pytest.raises(DataError) as loaded:
+        load_raw(spec)
+    assert needle in str(checked.value) and "\n" not in str(checked.value)
+    assert str(checked.value) == str(loaded.value)  # one piece of code knows the format
+
+
+def test_check_idx_counts_what_the_loader_loads_and_fails_as_it_does(tmp_path):
+    _fake_idx_dir(tmp_path, n=12)
+    s = check_dataset(f"mnist:{tmp_path}")
+    raw = load_raw(f"mnist:{tmp_path}")
+    assert (s.num_classes, dict(s.images)) == (len(raw.classes), {"train": len(raw.train), "test": len(raw.test)})
+    img = tmp_path / "t10k-images-idx3-ubyte.gz"
+    img.write_bytes(gzip.compress(gzip.decompress(img.read_bytes())[:-100]))
+    with pytest.raises(DataError, match="truncated idx file") as checked:
+        check_dataset(f"mnist:{tmp_path}")
+    with pytest.raises(DataError) as loaded:
+        load_raw(f"mnist:{tmp_path}")
+    assert str(checked.value) == str(loaded.value)
+    with pytest.raises(DataError, match="not a directory"):
+        check_dataset(f"fashion-mnist:{tmp_path / 'absent'}")
+
+
+def test_check_folder_and_digits(tmp_path):
+    _png_tree(tmp_path / "f" / "train")
+    _png_tree(tmp_path / "f" / "val", per_class=2)
+    s = check_dataset(f"folder:{tmp_path / 'f'}")
+    assert (s.classes, dict(s.images)) == (("cat", "dog", "emu"), {"train": 15, "test": 6})
+    with pytest.raises(DataError, match="no train/ and val/ folder"):
+        check_dataset(f"folder:{tmp_path / 'f' / 'train'}")
+    d = check_dataset("digits")
+    assert d.num_classes == 10 and sum(d.images.values()) == 1797
 
 
 # ---- downloads (local file:// URLs only; tests never touch the network) -----------------------

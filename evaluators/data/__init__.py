@@ -21,13 +21,16 @@ from typing import Optional
 
 import torch
 
+from .cifar import check_cifar10, load_cifar10
+from .digits import digits_file, load_digits
 from .errors import DataError
-from .folder import ImageFiles, stream_batches
-from .spec import DatasetSpec
+from .folder import ImageFiles, folder_summary, load_folder, stream_batches
+from .idx import check_idx_dataset, load_idx_dataset
+from .spec import DatasetSpec, DatasetSummary
 from .tensors import DataSplits, RawDataset, TensorData, adapt, channel_stats, tensor_batches
 
-__all__ = ["DatasetSpec", "DataSplits", "TensorData", "ImageFiles", "DataError", "load_dataset", "load_raw",
-           "batches"]
+__all__ = ["DatasetSpec", "DatasetSummary", "DataSplits", "TensorData", "ImageFiles", "DataError", "load_dataset",
+           "load_raw", "check_dataset", "batches"]
 
 
 def batches(data: TensorData | ImageFiles, batch_size: int, *, shuffle: bool, augment: bool,
@@ -56,16 +59,36 @@ def load_raw(spec: str | DatasetSpec, *, input_size: int = 32, in_channels: int 
     """
     s = DatasetSpec.parse(spec)
     if s.name == "digits":
-        from .digits import load_digits
         return load_digits()
     if s.name == "cifar10":
-        from .cifar import load_cifar10
         return load_cifar10(s.path, root)
     if s.name in ("mnist", "fashion-mnist"):
-        from .idx import load_idx_dataset
         return load_idx_dataset(s.name, s.path, root)
-    from .folder import load_folder
     return load_folder(s.path, input_size, in_channels)
+
+
+def check_dataset(spec: str | DatasetSpec, root: Optional[str] = None) -> DatasetSummary:
+    """Check, in seconds, that ``spec`` names files :func:`load_raw` can load, without loading them.
+
+    The same code as the loaders finds and reads each format's files: a CIFAR-10 archive is read
+    through once (the gzip checksum at its end included), every batch must be there and the test
+    batch decodes; the MNIST / Fashion-MNIST idx files are read whole and checked; a ``folder:``
+    tree is checked from its file index (built here if absent, as the first load would).
+    An official archive missing from the cache (``root``) is downloaded and md5-checked, once,
+    as the first load would have done. Raises :class:`DataError` (one line) on any problem.
+    """
+    s = DatasetSpec.parse(spec)
+    if s.name == "digits":
+        raw = load_digits()
+        return DatasetSummary("digits", str(digits_file()), tuple(raw.classes),
+                              {"train": len(raw.train), "test": len(raw.test)})
+    if s.name == "cifar10":
+        return check_cifar10(s.path, root)
+    if s.name in ("mnist", "fashion-mnist"):
+        return check_idx_dataset(s.name, s.path, root)
+    f = folder_summary(s.path)
+    return DatasetSummary("folder", str(s.path), tuple(f["classes"]),
+                          {"train": f["train_images"], "test": f["test_images"]})
 
 
 def load_dataset(spec: str | DatasetSpec, *, input_size: int, in_channels: int = 3,

@@ -2,23 +2,28 @@
 
 Accepted paths: the official ``.tar.gz`` (read without extracting), the
 extracted ``cifar-10-batches-py`` directory, or a directory containing either.
+:func:`load_cifar10` decodes every batch; :func:`check_cifar10` checks the same files
+(found by the same code) without decoding the data batches.
 The pickles are read with an unpickler that allows only plain containers and
 numpy arrays, so a doctored file cannot run code.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
-from typing import Optional
+from typing import Container, Optional
 
 import numpy as np
 import torch
 
 from .download import cache_dir, fetch
 from .errors import DataError
+from .spec import DatasetSummary
 from .tensors import RawDataset, TensorData
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -27,8 +32,9 @@ ARCHIVE = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"
 TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 TEST = ["test_batch"]
+BATCHES = TRAIN + TEST
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-EXPECTED = f"the CIFAR-10 python version ({ARCHIVE} or a {FOLDER}/ directory with {', '.join(TRAIN + TEST)})"
+EXPECTED = f"the CIFAR-10 python version ({ARCHIVE} or a {FOLDER}/ directory with {', '.join(BATCHES)})"
 
 _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
             ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
@@ -60,48 +66,78 @@ def _read_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     return data, labels
 
 
-def _read_tar(path: Path) -> dict[str, bytes]:
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            out = {}
-            for m in tar.getmembers():
-                name = Path(m.name).name
-                if m.isfile() and name in TRAIN + TEST:
-                    out[name] = tar.extractfile(m).read()
-            return out
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: corrupt or unreadable archive ({exc}); expected {EXPECTED}") from None
-
-
-def _read_dir(path: Path) -> dict[str, bytes]:
-    return {n: (path / n).read_bytes() for n in TRAIN + TEST if (path / n).is_file()}
-
-
-def _locate(path: Path) -> dict[str, bytes]:
+def _source(path: Optional[Path], root: Optional[str]) -> Path:
+    """The archive or the batch folder that ``path`` names (no path: the official archive, downloaded
+    into the cache and md5-checked if it is not there yet)."""
+    if path is None:
+        return fetch(URL, cache_dir(root) / ARCHIVE, MD5)
+    path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: not found; expected {EXPECTED}")
     if path.is_file():
-        return _read_tar(path)
+        return path
     for cand in (path, path / FOLDER):
         if cand.is_dir() and (cand / TRAIN[0]).is_file():
-            return _read_dir(cand)
+            return cand
     if (path / ARCHIVE).is_file():
-        return _read_tar(path / ARCHIVE)
+        return path / ARCHIVE
     raise DataError(f"{path}: no CIFAR-10 files in this directory; expected {EXPECTED}")
 
 
-def load_cifar10(path: Optional[Path], root: Optional[str] = None) -> RawDataset:
-    if path is None:
-        path = fetch(URL, cache_dir(root) / ARCHIVE, MD5)
-    files = _locate(Path(path))
-    missing = [n for n in TRAIN + TEST if n not in files]
+def _batches(source: Path, read: Container[str]) -> dict[str, Optional[bytes]]:
+    """Every batch at ``source`` (an archive or a batch folder): name -> its bytes for the names in
+    ``read``, None for the others (present, not read). A missing batch is a DataError.
+
+    An archive is read through once, as a stream, to its end: for a gzip archive (the official
+    one) that includes the checksum at the end of the stream, so a truncated or corrupted archive
+    fails here and not in the middle of a decode.
+    """
+    if source.is_dir():
+        found = {n: ((source / n).read_bytes() if n in read else None) for n in BATCHES if (source / n).is_file()}
+    else:
+        found = _archive_batches(source, read)
+    missing = [n for n in BATCHES if n not in found]
     if missing:
-        raise DataError(f"{path}: missing {', '.join(missing)}; expected {EXPECTED}")
+        raise DataError(f"{source}: missing {', '.join(missing)}; expected {EXPECTED}")
+    return found
+
+
+def _archive_batches(path: Path, read: Container[str]) -> dict[str, Optional[bytes]]:
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    found: dict[str, Optional[bytes]] = {}
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as stream:
+            with tarfile.open(fileobj=stream, mode="r|" if gz else "r|*") as tar:
+                for m in tar:
+                    name = Path(m.name).name
+                    if m.isfile() and name in BATCHES:
+                        found[name] = tar.extractfile(m).read() if name in read else None
+            while stream.read(1 << 20):  # the rest of the gzip stream: its checksum is checked at its end
+                pass
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:  # (gzip.BadGzipFile is an OSError)
+        raise DataError(f"{path}: corrupt or truncated archive ({exc}); expected {EXPECTED}") from None
+    return found
+
+
+def load_cifar10(path: Optional[Path], root: Optional[str] = None) -> RawDataset:
+    """Train (the five data batches) and test splits, decoded whole into uint8 tensors."""
+    source = _source(path, root)
+    files = _batches(source, BATCHES)
 
     def split(names):
-        parts = [_read_batch(files[n], f"{path}:{n}") for n in names]
+        parts = [_read_batch(files[n], f"{source}:{n}") for n in names]
         x = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
         return TensorData(torch.from_numpy(x), torch.from_numpy(np.concatenate([p[1] for p in parts])),
                           flip=True)
 
     return RawDataset("cifar10", split(TRAIN), split(TEST), CLASSES)
+
+
+def check_cifar10(path: Optional[Path], root: Optional[str] = None) -> DatasetSummary:
+    """What :func:`load_cifar10` would find, without holding the dataset: the archive read through once
+    (gzip checksum), every batch present, the test batch decoded (the data batches are not)."""
+    source = _source(path, root)
+    test = _batches(source, TEST)[TEST[0]]
+    _, labels = _read_batch(test, f"{source}:{TEST[0]}")
+    return DatasetSummary("cifar10", str(source), tuple(CLASSES), {"test": len(labels)})

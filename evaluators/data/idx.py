@@ -12,6 +12,7 @@ import torch
 
 from .download import cache_dir, fetch
 from .errors import DataError
+from .spec import DatasetSummary
 from .tensors import RawDataset, TensorData
 
 #: name -> (base URL, {file stem: md5 of the official .gz}, class names)
@@ -61,24 +62,46 @@ def _find(folder: Path, stem: str) -> Path:
                     f"t10k-labels-idx1-ubyte, optionally .gz)")
 
 
-def load_idx_dataset(name: str, path: Optional[Path], root: Optional[str] = None) -> RawDataset:
-    base, files, classes = SOURCES[name]
+def _folder(name: str, path: Optional[Path], root: Optional[str]) -> Path:
+    """The folder holding the four idx files (no path: the official files, downloaded into the cache
+    and md5-checked if they are not there yet)."""
+    base, files, _ = SOURCES[name]
     if path is None:
         folder = cache_dir(root) / name
         for stem, md5 in files.items():
             fetch(base + stem + ".gz", folder / (stem + ".gz"), md5)
-    else:
-        folder = Path(path)
-        if not folder.is_dir():
-            raise DataError(f"{folder}: not a directory; expected a folder with the {name} idx files")
+        return folder
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a directory; expected a folder with the {name} idx files")
+    return folder
+
+
+def _split(name: str, folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N x 28 x 28 uint8) and labels of split ``prefix`` (``train`` or ``t10k``), checked."""
+    classes = SOURCES[name][2]
+    x = read_idx(_find(folder, f"{prefix}-images-idx3-ubyte"), IMAGES)
+    y = read_idx(_find(folder, f"{prefix}-labels-idx1-ubyte"), LABELS)
+    if len(x) != len(y):
+        raise DataError(f"{folder}: {prefix} has {len(x)} images but {len(y)} labels")
+    if len(y) and int(y.max()) >= len(classes):
+        raise DataError(f"{folder}: {prefix} labels go up to {int(y.max())}, expected 0..{len(classes) - 1}")
+    return x, y
+
+
+def load_idx_dataset(name: str, path: Optional[Path], root: Optional[str] = None) -> RawDataset:
+    folder = _folder(name, path, root)
 
     def split(prefix: str) -> TensorData:
-        x = read_idx(_find(folder, f"{prefix}-images-idx3-ubyte"), IMAGES)
-        y = read_idx(_find(folder, f"{prefix}-labels-idx1-ubyte"), LABELS)
-        if len(x) != len(y):
-            raise DataError(f"{folder}: {prefix} has {len(x)} images but {len(y)} labels")
-        if len(y) and y.max() >= len(classes):
-            raise DataError(f"{folder}: {prefix} labels go up to {y.max()}, expected 0..{len(classes) - 1}")
+        x, y = _split(name, folder, prefix)
         return TensorData(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
 
-    return RawDataset(name, split("train"), split("t10k"), classes)
+    return RawDataset(name, split("train"), split("t10k"), SOURCES[name][2])
+
+
+def check_idx_dataset(name: str, path: Optional[Path], root: Optional[str] = None) -> DatasetSummary:
+    """What :func:`load_idx_dataset` would find: the four files read whole and checked as it does
+    (small: 55 MB uncompressed), without making tensors of them."""
+    folder = _folder(name, path, root)
+    counts = {split: len(_split(name, folder, prefix)[1]) for split, prefix in (("train", "train"), ("test", "t10k"))}
+    return DatasetSummary(name, str(folder), tuple(SOURCES[name][2]), counts)

@@ -1,10 +1,11 @@
-"""Dataset spec strings: ``digits``, ``cifar10[:PATH]``, ``fashion-mnist[:PATH]``, ``mnist[:PATH]``, ``folder:PATH``."""
+"""Dataset spec strings: ``digits``, ``cifar10[:PATH]``, ``fashion-mnist[:PATH]``, ``mnist[:PATH]``, ``folder:PATH``;
+and what a check of the files a spec names found (:class:`DatasetSummary`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 from .errors import DataError
 
@@ -41,3 +42,21 @@ class DatasetSpec:
 
     def __str__(self) -> str:
         return f"{self.name}:{self.path}" if self.path else self.name
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What :func:`evaluators.data.check_dataset` found: the files pass their format check.
+
+    ``images`` counts the images of the splits the check read (``train``, ``test``); a split
+    it did not decode (CIFAR-10's data batches) is left out rather than guessed.
+    """
+
+    name: str  # the dataset (``cifar10``, ``folder``, ...)
+    source: str  # the file or folder checked ("scikit-learn" for the bundled digits)
+    classes: tuple[str, ...]
+    images: Mapping[str, int]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
