@@ -501,3 +501,106 @@ def test_an_experiment_names_a_supernet_variant_and_preflight_refuses_an_unknown
     prepare(exp, progress=False)
     cfg = load_supernet(tmp_path / "sn.pt").config
     assert (cfg.strategy, cfg.distill, cfg.sandwich_random, cfg.epochs) == ("sandwich", True, 1, 1)
+
+
+# ---- streamed folder: data ----------------------------------------------------------------------
+
+FOLDER_SPACE = TINY.replace("num_classes: 10", "num_classes: 3")
+
+
+@pytest.fixture
+def streamed(tmp_path):
+    """A generated ImageNet-layout folder (3 classes, 12 train + 4 val images each), its spec and a space for it."""
+    from imagenet_folder import make_imagenet_folder
+
+    root = make_imagenet_folder(tmp_path / "imagenet", classes=3, train_per_class=12, val_per_class=4)
+    return f"folder:{root}", SearchSpace.from_yaml(FOLDER_SPACE)
+
+
+def test_supernet_trains_and_resumes_on_a_streamed_folder(tmp_path, streamed):
+    from evaluators.supernet import SupernetConfig, load_supernet, train_supernet
+
+    spec, space = streamed
+    cfg = SupernetConfig(epochs=2, batch_size=8, lr=0.2, warmup_steps=1, val_fraction=0.25, loader_workers=0)
+    full = load_supernet(train_supernet(space, spec, cfg, out=tmp_path / "full.pt", progress=False))
+    assert full.data == spec and full.epoch == 2
+    # 36 train/ images: 9 held out for validation, 27 train, 3 whole batches of 8 per epoch
+    assert [(h["images"], h["skipped_images"]) for h in full.history] == [(24, 0), (24, 0)]
+    seen = []
+    part = tmp_path / "part.pt"
+    train_supernet(space, spec, cfg, out=part, progress=False, callback=lambda e, a: seen.append(a) or True)
+    assert len(seen) == 1 and seen[0] in {k / 9 for k in range(10)}  # the reference path scored on the 9
+    train_supernet(space, spec, cfg.replace(loader_workers=1), out=part, progress=False)  # loader processes: same
+    for (k, a), b in zip(full.state_dict().items(), load_supernet(part).state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_streamed_worker_shares_are_the_rows_of_each_global_batch(streamed):
+    from evaluators.supernet import SupernetConfig
+    from evaluators.supernet.data import load_data, train_batches
+
+    spec, space = streamed
+    cfg = SupernetConfig(batch_size=8, val_fraction=0.25, loader_workers=0, augment=False)
+    data = load_data(spec, space, cfg)
+    assert data.streamed
+    one = list(train_batches(data, cfg, 1))
+    ranks = [list(train_batches(data, cfg, 1, rank=r, world=2)) for r in (0, 1)]
+    assert [b[0] for b in one] == [b[0] for b in ranks[0]] == [b[0] for b in ranks[1]] == [0, 1, 2]
+    for (_, x, y, _), (_, x0, y0, _), (_, x1, y1, _) in zip(one, *ranks):
+        assert torch.equal(x[0::2], x0) and torch.equal(x[1::2], x1)  # rank r: rows r::2 of the global batch
+        assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1)
+    other = list(train_batches(data, cfg, 2))  # another epoch, another order
+    assert any(not torch.equal(a[2], b[2]) for a, b in zip(one, other))
+
+
+def test_streamed_unreadable_images_are_counted_and_a_workers_empty_share_is_one_line(streamed):
+    from evaluators.data import DataError
+    from evaluators.supernet import SupernetConfig
+    from evaluators.supernet.data import global_order, load_data, rank_rows, train_batches
+
+    spec, space = streamed
+    cfg = SupernetConfig(batch_size=4, val_fraction=0.25, loader_workers=0)
+    data = load_data(spec, space, cfg)
+    order = global_order(len(data.train), cfg, 0)  # epoch 1's order, the same for every batch size
+    bad = data.train.path(int(order[4]))  # in the second batch of 4
+    with open(bad, "wb") as f:
+        f.write(b"not a jpeg")
+    got = list(train_batches(data, cfg, 0))  # one process: the batch is one image short, the file counted
+    assert [i for i, *_ in got] == list(range(6)) and sum(s for *_, s in got) == 1
+    assert sum(len(y) for _, _, y, _ in got) == 23 and bad in data.train.skipped
+    for k in (5, 6):  # now images 4-6 are unreadable: batch 3 of 2 (images 4, 5) has none left ...
+        with open(data.train.path(int(order[k])), "wb") as f:
+            f.write(b"")
+    got = list(train_batches(data, cfg.replace(batch_size=2), 0))
+    assert [i for i, *_ in got] == [0, 1, *range(3, 13)]  # ... and is skipped; the steps keep their numbers
+    assert torch.equal(rank_rows(order, 4, 0, 2)[2:4], order[[4, 6]])  # ... nor has worker 0's share of step 2
+    with pytest.raises(DataError) as err:
+        list(train_batches(data, cfg, 0, rank=0, world=2))
+    msg = str(err.value)
+    assert "\n" not in msg and "worker 0: no image of its share of a batch in epoch 1" in msg and bad in msg, msg
+
+
+def test_supernet_scores_on_a_streamed_folder_as_computed_by_hand(tmp_path, streamed):
+    from evaluators.data import batches, load_dataset
+    from evaluators.supernet import (Supernet, SupernetConfig, SupernetEvaluator, extract_subnet, load_supernet,
+                                     recalibrate_bn, save_checkpoint)
+
+    spec, space = streamed
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "s.pt", Supernet(space), SupernetConfig(val_fraction=0.25), epoch=1, data=spec)
+    arch = space.sample(seed=3)
+    ev = SupernetEvaluator(ckpt, spec, bn_images=10, batch_size=4, loader_workers=0)
+    r = ev.evaluate(arch)
+    assert (r.extra["bn_images"], r.extra["val_images"], r.extra["skipped_images"]) == (10, 9, 0)
+    # by hand: BN statistics from the first 10 images of the seeded order, accuracy on the 9 held out
+    d = load_dataset(spec, input_size=16, val_fraction=0.25, seed=0)
+    first = torch.randperm(len(d.train), generator=torch.Generator().manual_seed(0))[:10]
+    norm = dict(shuffle=False, augment=False, generator=None, mean=d.mean, std=d.std, workers=0)
+    model = recalibrate_bn(extract_subnet(load_supernet(ckpt), arch), list(batches(d.train.subset(first), 4, **norm)))
+    x, y = next(batches(d.val, 100, **norm))
+    with torch.no_grad():
+        logits = model(x)
+    assert r.accuracy == int((logits.argmax(1) == y).sum()) / 9
+    assert r.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert ev.evaluate(arch).accuracy == r.accuracy  # the validation split is read again, the same
+

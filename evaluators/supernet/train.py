@@ -94,8 +94,8 @@ class SupernetRun:
         self.rank, self.world = rank, world
         self.place = placement(config.device if device is None else str(device), config.amp, config.channels_last)
         self.device = self.place.device
-        if self.device.type != "cpu" and not data.train.x.is_cuda and self.place.holds(
-                data.train.nbytes + data.val.nbytes):
+        if self.device.type != "cpu" and not data.streamed and data.train.device.type == "cpu" and \
+                self.place.holds(data.train.nbytes + data.val.nbytes):
             data = self.data = data.to(self.device)  # a dataset that fits lives on the GPU: no copy per batch
         if config.batch_size % world:
             raise SupernetError(f"batch size {config.batch_size} does not split evenly over {world} workers; "
@@ -171,12 +171,13 @@ class SupernetRun:
         self.net.train()
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
-        for i, (x, y) in enumerate(train_batches(self.data, self.config, self.epoch, rank=self.rank,
-                                                 world=self.world)):
+        for i, x, y, skipped in train_batches(self.data, self.config, self.epoch, rank=self.rank, world=self.world,
+                                              device=self.device):
             out = self.step(self.place.inputs(x), y.to(self.device, non_blocking=True),
                             self.epoch * self.steps_per_epoch + i)
             out["loss"] *= len(y) / out["paths"]
             out["images"] = len(y)
+            out["skipped"] = skipped
             for k, v in out.items():
                 if k != "paths":
                     sums[k] = sums.get(k, 0.0) + v
@@ -197,6 +198,8 @@ class SupernetRun:
                                                          self.total)}
         if "largest_seen" in sums and role != "largest":
             record["largest_train_acc"] = sums["largest_correct"] / sums["largest_seen"]
+        if self.data.streamed:
+            record["skipped_images"] = int(sums["skipped"])  # unreadable files left out of their batches
         self.history.append(record)
         return record
 
@@ -234,7 +237,8 @@ def train_supernet(space: SearchSpace, data, config: SupernetConfig = SupernetCo
             stop = False
             if callback is not None:
                 acc, _ = score_model(run.net, reference, data, bn_images=10 * config.batch_size,
-                                     batch_size=config.batch_size, seed=config.seed, place=run.place)
+                                     batch_size=config.batch_size, seed=config.seed, place=run.place,
+                                     workers=config.loader_workers)
                 record["reference_val_acc"] = acc
                 stop = bool(callback(run.epoch, acc))
             run.save(out)

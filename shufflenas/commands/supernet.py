@@ -37,6 +37,12 @@ def parse_band(text: str | None, option: str = "--flops-band", unit: str = "mult
     return lo, hi
 
 
+def _loader_workers_option(f):
+    return click.option("--loader-workers", type=click.IntRange(0), metavar="N",
+                        help="folder: data: processes decoding images (0: in the training process) "
+                             "[default: one per spare core]")(f)
+
+
 def _device_option(f):
     return click.option("--device", metavar="DEVICE",
                         help="auto | cpu | cuda | cuda:N | mps; auto: the GPU Ray assigned, else the first GPU, "
@@ -51,7 +57,8 @@ def supernet():
 @supernet.command()
 @click.argument("space_file", metavar="SPACE.yaml|NAME")
 @click.option("--data", "data_spec", required=True, metavar="SPEC",
-              help="digits | cifar10[:PATH] | fashion-mnist[:PATH] | mnist[:PATH]")
+              help="digits | cifar10[:PATH] | fashion-mnist[:PATH] | mnist[:PATH] | folder:PATH (ImageNet layout, "
+                   "streamed from disk)")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="checkpoint file (resumed if it already holds this run)")
 @click.option("--variant", default="spos", show_default=True, metavar="NAME",
@@ -72,6 +79,7 @@ def supernet():
                                                       "is in [LO, HI]")
 @click.option("--lut", type=click.Path(dir_okay=False), help="latency lookup table for --latency-band")
 @_device_option
+@_loader_workers_option
 @click.option("--workers", type=click.IntRange(1), help="train on N Ray Train workers (DDP-style all-reduce; "
                                                         "gloo on CPU, nccl on GPU)")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -80,8 +88,8 @@ def supernet():
                                                 "on this machine, loopback only)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (no progress bar)")
 def train(space_file, data_spec, out, variant, epochs, subset, batch_size, lr, schedule, depth_sampling,
-          sandwich_random, seed, threads, flops_band, latency_band, lut, device, workers, gpus_per_worker,
-          address, as_json):
+          sandwich_random, seed, threads, flops_band, latency_band, lut, device, loader_workers, workers,
+          gpus_per_worker, address, as_json):
     """Train a supernet over SPACE (SPOS by default: one uniformly sampled path per step)."""
     from evaluators.supernet import SupernetConfig, SupernetError, load_supernet, train_supernet
 
@@ -93,7 +101,7 @@ def train(space_file, data_spec, out, variant, epochs, subset, batch_size, lr, s
                  depth_sampling=depth_sampling, sandwich_random=sandwich_random, seed=seed, threads=threads,
                  flops_band=parse_band(flops_band),
                  latency_band=parse_band(latency_band, "--latency-band", "ms", "0.5,1.5"), lut=lut,
-                 device=device or ("cuda" if gpus_per_worker else None))
+                 device=device or ("cuda" if gpus_per_worker else None), loader_workers=loader_workers)
     config = SupernetConfig.variant(variant, **{k: v for k, v in given.items() if v is not None})
     space = load_space(space_file)
     if workers is not None:
@@ -124,9 +132,10 @@ def train(space_file, data_spec, out, variant, epochs, subset, batch_size, lr, s
 @click.option("--val-subset", type=click.IntRange(1), help="score on the first N validation images")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
 @_device_option
+@_loader_workers_option
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def eval_cmd(checkpoint, preset, arch_file, data_spec, space_file, bn_images, bn_batches, batch_size, val_subset,
-             threads, device, as_json):
+             threads, device, loader_workers, as_json):
     """Validation accuracy of an architecture with weights inherited from a supernet."""
     from evaluators.supernet import SupernetEvaluator, describe_fidelity, read_fidelity
 
@@ -134,7 +143,7 @@ def eval_cmd(checkpoint, preset, arch_file, data_spec, space_file, bn_images, bn
     space = load_space(space_file) if space_file else None
     ev = SupernetEvaluator(checkpoint, data_spec, bn_images=bn_images, bn_batches=bn_batches,
                            batch_size=batch_size, val_subset=val_subset, threads=threads, device=device or "auto",
-                           space=space)
+                           space=space, loader_workers=loader_workers)
     r = ev.evaluate(arch)
     out = {"name": arch.name, "accuracy": r.accuracy, "loss": r.loss, "seconds": round(r.seconds, 3),
            "macs": profile(arch).macs, **r.extra, "fidelity": read_fidelity(checkpoint) or None}
