@@ -29,16 +29,21 @@ What it checks:
   are keywords the evaluator takes, a supernet checkpoint holds a supernet
   whose space contains the search space, trained on the same dataset;
 * ``latency``: the target and protocol construct, the device and runtime
-  exist here (CUDA, onnxruntime, a C++ compiler for ``compile``), a given
-  lookup table was built for this target and covers every block of the
-  space and of the seeds;
+  exist here (CUDA, threads, onnxruntime, a C++ compiler for ``compile``;
+  on an existing Ray cluster latency is measured on the node offering
+  ``latency_device``, so only CUDA is checked, there, with the cluster); a
+  given lookup table was built for this target and, unless on such a
+  cluster (where that node checks it) or ``latency.lut_host_check`` is
+  false, on this host; a complete one covers every block of the space and
+  of the seeds, a partial one (a killed build) is resumed by the search;
 * ``seeds``: each one fits (classes; inside the supernet's space);
 * ``retrain``: its training settings construct;
 * the run folder can be created, the Optuna storage is reachable (an RDB
   URL connects; a SQLite or journal file's folder is writable);
 * Ray: the resources a trial asks for exist (on the private local cluster:
   CPUs and GPUs of this machine; on a cluster given by ``address``: a node
-  that offers them, and a node that offers ``latency_device``).
+  that offers them, and a node that offers ``latency_device``, which every
+  latency mode needs there).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import inspect
 import os
 import shutil
 import socket
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -57,6 +63,7 @@ from evaluators.data import DataError, DatasetSpec, check_dataset
 from evaluators.device import placement
 from evaluators.latency import LatencyError, LatencyLUT, LatencyTarget, MeasurementProtocol, check_available
 from evaluators.latency import space_blocks
+from evaluators.latency.target import LUTHostWarning, check_settings, host_identity
 from evaluators.latency.ray_actor import DEFAULT_RESOURCE as LATENCY_RESOURCE
 from evaluators.supernet import SupernetConfig, SupernetEvaluator
 from evaluators.supernet.checkpoint import read_checkpoint
@@ -68,6 +75,7 @@ from search_space.errors import ShuffleNASError
 from search_space.validation import one_line
 
 from .experiment import Experiment, ExperimentError
+from .objective import LUT_HOST_OVERRIDE
 from .run_folder import RunFolder
 from .trial_worker import memory_limit_supported
 
@@ -87,7 +95,7 @@ def preflight(exp: Experiment, *, resume: bool, address: str | None) -> None:
     _check_output(exp, resume)
     classes = check_data(exp.data)
     ckpt_space = _check_accuracy(exp, space, classes, address)
-    target, lut = _check_latency(exp, space)
+    target, lut = _check_latency(exp, space, address)
     _check_seeds(exp, space, classes, ckpt_space, target, lut)
     _check_retrain(exp, classes)
     _check_storage(exp, resume)
@@ -248,10 +256,15 @@ def _not_within(space: SearchSpace, outer: SearchSpace) -> str:
     return ""
 
 
+def _on_cluster(exp: Experiment, address: str | None) -> bool:
+    """Whether the search runs on an existing Ray cluster (trials and latency on its nodes, not here)."""
+    return exp.search.backend == "ray" and bool(address or exp.search.ray.address)
+
+
 def _check_device(field: str, config, exp: Experiment, address: str | None) -> None:
     """The training device, precision and memory format a config asks for exist on this machine (not
     checked for trials on an existing Ray cluster: they train on its nodes; GPUs there: :func:`_check_ray`)."""
-    if exp.search.backend == "ray" and (address or exp.search.ray.address):
+    if _on_cluster(exp, address):
         return
     try:
         placement(getattr(config, "device", "auto"), getattr(config, "amp", "auto"),
@@ -263,13 +276,20 @@ def _check_device(field: str, config, exp: Experiment, address: str | None) -> N
 # ---- latency ------------------------------------------------------------------------------------
 
 
-def _check_latency(exp: Experiment, space: SearchSpace) -> tuple[LatencyTarget, Optional[LatencyLUT]]:
-    """The target, and the lookup table when the experiment names one that exists."""
+def _check_latency(exp: Experiment, space: SearchSpace,
+                   address: str | None) -> tuple[LatencyTarget, Optional[LatencyLUT]]:
+    """The target, and the lookup table when the experiment names a complete one.
+
+    On an existing Ray cluster latency is measured on the node offering ``latency_device``, not
+    here: this machine's device, threads and compiler are not checked (:func:`_check_cluster`
+    checks CUDA on that node), only what no machine could measure.
+    """
     lat = exp.latency
     target = _construct("latency.target", LatencyTarget, **lat.target)
     protocol = _construct("latency.protocol", MeasurementProtocol, **lat.protocol) if lat.protocol else None
+    cluster = _on_cluster(exp, address)
     try:
-        check_available(target, protocol)
+        (check_settings if cluster else check_available)(target, protocol)
     except LatencyError as exc:
         raise _fail("latency.target", exc) from None
     if target.runtime == "onnxruntime":
@@ -278,22 +298,38 @@ def _check_latency(exp: Experiment, space: SearchSpace) -> tuple[LatencyTarget, 
         except ImportError:
             raise _fail("latency.target.runtime", "onnxruntime is not installed (pip install onnxruntime); "
                                                   "install it or choose runtime eager") from None
-    if target.runtime == "compile" and not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++")):
+    if target.runtime == "compile" and not cluster \
+            and not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++")):
         raise _fail("latency.target.runtime", "compile needs a C++ compiler (g++ or clang++ on PATH, or CXX) "
                                               "for torch.compile; install one or choose runtime onnxruntime")
     if lat.mode == "lut" and Path(lat.lut).is_file():
-        try:
-            lut = LatencyLUT.load(lat.lut, target)
-        except LatencyError as exc:
-            raise _fail("latency.lut", exc) from None
-        needed = space_blocks(space, target.input_size)
-        missing = [k for k in needed if k not in lut.entries]
-        if missing:
-            raise _fail("latency.lut", f"{lat.lut} lacks {len(missing)} of the {len(needed)} blocks of the space "
-                                       f"(e.g. {missing[0]}; table meta: {_lut_meta(lut)}); build a table for "
-                                       f"this space with 'shufflenas lut build'")
-        return target, lut
+        return target, _check_lut(exp, space, target, cluster)
     return target, None
+
+
+def _check_lut(exp: Experiment, space: SearchSpace, target: LatencyTarget, cluster: bool) -> Optional[LatencyLUT]:
+    """The given table is for this target and (unless on a cluster, where the device node checks it,
+    or ``lut_host_check`` is off) measured on this host, as :func:`nas.objective.load_or_build_lut`
+    will check it; returns it when complete. A partial table, left by a killed build, is resumed
+    for the space by the search (None); a complete one must cover every block of the space."""
+    lat = exp.latency
+    host = host_identity(target) if lat.lut_host_check and not cluster else None
+    try:
+        with warnings.catch_warnings():  # an untagged table: the search warns once, when it loads it
+            warnings.simplefilter("ignore", LUTHostWarning)
+            lut = LatencyLUT.load(lat.lut, target, host=host, override=LUT_HOST_OVERRIDE)
+    except LatencyError as exc:
+        raise _fail("latency.lut", exc) from None
+    if not lut.meta.get("complete", True):
+        return None
+    needed = space_blocks(space, target.input_size)
+    missing = [k for k in needed if k not in lut.entries]
+    if missing:
+        raise _fail("latency.lut", f"{lat.lut} is complete but lacks {len(missing)} of the {len(needed)} blocks of "
+                                   f"the space (e.g. {missing[0]}; table meta: {_lut_meta(lut)}); build a table "
+                                   f"for this space with 'shufflenas lut build', or move it away and the search "
+                                   f"builds one")
+    return lut
 
 
 def _lut_meta(lut: LatencyLUT) -> str:
@@ -435,14 +471,14 @@ def _check_cluster(exp: Experiment, address: str, want: dict) -> None:
     finally:
         if started and ray.is_initialized():
             ray.shutdown()
-    needs_actor = exp.latency.mode == "measured" or exp.latency.remeasure_front
+    # every latency on a cluster comes from the actor on that node: measured candidates, the front
+    # re-measured, and a lookup table (loaded there against its host, or built there)
     device_nodes = [n for n in nodes if n.get(LATENCY_RESOURCE, 0) > 0]
-    if needs_actor and not device_nodes:
+    if not device_nodes:
         raise _fail("--address", f"no node of the Ray cluster at {address} offers the '{LATENCY_RESOURCE}' "
                                  f"resource; start the target device's node with "
                                  f"--resources='{{\"{LATENCY_RESOURCE}\": 1}}'")
-    if needs_actor and LatencyTarget(**exp.latency.target).device == "cuda" \
-            and not any(n.get("GPU", 0) > 0 for n in device_nodes):
+    if LatencyTarget(**exp.latency.target).device == "cuda" and not any(n.get("GPU", 0) > 0 for n in device_nodes):
         raise _fail("latency.target.device", f"cuda, but no node offering '{LATENCY_RESOURCE}' on the Ray cluster "
                                              f"at {address} has a GPU")
     if not any(all(n.get(k, 0.0) >= v for k, v in want.items() if v > 0) for n in nodes):

@@ -65,18 +65,32 @@ def fake_idx(folder: Path, n: int = 6) -> Path:
     return folder
 
 
-def fake_lut(tmp: Path, *, threads: int = 1, drop: int = 0, name: str = "lut.json") -> Path:
-    """A lookup table for TINY_SPACE (made-up times) built for ``threads``, ``drop`` entries left out."""
+def fake_lut(tmp: Path, *, threads: int = 1, drop: int = 0, complete: bool = True, host: str | dict | None = None,
+             name: str = "lut.json") -> Path:
+    """A lookup table for TINY_SPACE (made-up times) built for ``threads``, ``drop`` entries left out,
+    marked ``complete`` or not (a killed build); tagged with ``host``: None (an untagged, older table),
+    "here" (this machine's identity for its target) or a host_identity dict."""
     from evaluators.latency import LatencyLUT, LatencyTarget
     from evaluators.latency.lut import space_blocks
+    from evaluators.latency.target import host_identity
     from search_space import SearchSpace
 
     space = SearchSpace.from_yaml(TINY_SPACE)
     keys = list(space_blocks(space))
-    lut = LatencyLUT(LatencyTarget(threads=threads), {k: {"median_ms": 0.01} for k in keys[drop:]},
+    target = LatencyTarget(threads=threads)
+    lut = LatencyLUT(target, {k: {"median_ms": 0.01} for k in keys[drop:]},
                      space=space.to_dict(), meta={"space_name": "tiny", "blocks_in_space": len(keys),
-                                                  "complete": drop == 0})
+                                                  "complete": complete},
+                     host=host_identity(target) if host == "here" else host)
     return lut.save(tmp / name)
+
+
+def elsewhere(threads: int = 1) -> dict:
+    """The host identity of another machine (same processor and runtime, another hostname)."""
+    from evaluators.latency import LatencyTarget
+    from evaluators.latency.target import host_identity
+
+    return {**host_identity(LatencyTarget(threads=threads)), "hostname": "elsewhere-7"}
 
 
 def fake_supernet(tmp: Path, space_yaml: str = TINY_SPACE, data: str = "digits", epochs: int = 1,
@@ -280,13 +294,89 @@ def test_lut_must_match_target_and_cover_space_and_seeds(tmp_path):
     check(tmp_path, latency={**lat, "lut": str(fake_lut(tmp_path))})
     refused(tmp_path, "latency.lut", "another target", "threads=1",
             latency={**lat, "lut": str(fake_lut(tmp_path, threads=2, name="t2.json"))})
-    refused(tmp_path, "latency.lut", "lacks 3 of the", latency={**lat, "lut": str(fake_lut(tmp_path, drop=3,
-                                                                                           name="part.json"))})
+    refused(tmp_path, "latency.lut", "is complete but lacks 3 of the",
+            latency={**lat, "lut": str(fake_lut(tmp_path, drop=3, name="short.json"))})
     refused(tmp_path, "seeds: shufflenet_v2_x0_5_cifar", "lookup table lacks",
             latency={**lat, "lut": str(fake_lut(tmp_path))}, seeds=["shufflenet_v2_x0_5_cifar"])
     # no table yet: it will be built for the space, which the seed is outside of
     refused(tmp_path, "seeds: shufflenet_v2_x0_5_cifar", "lookup table lacks",
             latency={**lat, "lut": str(tmp_path / "later.json")}, seeds=["shufflenet_v2_x0_5_cifar"])
+
+
+def test_a_partial_table_is_resumed_so_it_passes_and_seeds_are_judged_by_the_space(tmp_path):
+    """A killed build leaves complete: false; the search resumes it for the space, so preflight takes it,
+    and a seed is judged by the blocks the finished table will have, not by those measured so far."""
+    from search_space import SearchSpace
+
+    lat = {"mode": "lut", "target": {"threads": 1}}
+    part = str(fake_lut(tmp_path, drop=3, complete=False, host="here", name="part.json"))
+    check(tmp_path, latency={**lat, "lut": part})
+    empty = str(fake_lut(tmp_path, drop=10 ** 6, complete=False, host="here", name="empty.json"))
+    inside = tmp_path / "inside.yaml"
+    inside.write_text(SearchSpace.from_yaml(TINY_SPACE).sample(seed=0).to_yaml())
+    check(tmp_path, latency={**lat, "lut": empty}, seeds=[str(inside)])
+    refused(tmp_path, "seeds: shufflenet_v2_x0_5_cifar", "lookup table lacks",
+            latency={**lat, "lut": empty}, seeds=["shufflenet_v2_x0_5_cifar"])
+
+
+def test_lut_from_another_host_is_refused_before_the_run_folder_exists(tmp_path):
+    import warnings
+
+    from evaluators.latency.target import LUTHostWarning
+    from nas.experiment import experiment_from_dict
+    from nas.preflight import PreflightError
+    from nas.search import run_search
+
+    lat = {"mode": "lut", "target": {"threads": 1}}
+    check(tmp_path, latency={**lat, "lut": str(fake_lut(tmp_path, host="here", name="here.json"))})
+    foreign = str(fake_lut(tmp_path, host=elsewhere(), name="foreign.json"))
+    msg = refused(tmp_path, "latency.lut", "foreign.json", "built on elsewhere-7", "hostname differ",
+                  "latency.lut_host_check: false", latency={**lat, "lut": foreign})
+    assert msg.count("elsewhere-7") == 1
+    check(tmp_path, latency={**lat, "lut": foreign, "lut_host_check": False})
+    # a partial table of another host is not resumed either (entries of two hosts are not one table)
+    refused(tmp_path, "latency.lut", "built on elsewhere-7", latency={
+        **lat, "lut": str(fake_lut(tmp_path, drop=3, complete=False, host=elsewhere(), name="fpart.json"))})
+    # an untagged (older) table cannot be checked: it passes, and the search warns when it loads it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check(tmp_path, latency={**lat, "lut": str(fake_lut(tmp_path, name="untagged.json"))})
+    assert not [w for w in caught if issubclass(w.category, LUTHostWarning)]
+    # the whole search: refused by preflight, so no run folder (prepare() used to refuse it inside one)
+    exp = experiment_from_dict(raw_experiment(tmp_path, latency={**lat, "lut": foreign}), base_dir=tmp_path)
+    with pytest.raises(PreflightError, match="^latency.lut: .*built on elsewhere-7"):
+        run_search(exp, progress=False)
+    assert not Path(exp.output).exists()
+
+
+def test_on_a_ray_cluster_latency_is_checked_on_the_device_node_not_here(tmp_path, monkeypatch):
+    """With an address the latency target's device, threads, compiler and LUT host belong to the node
+    offering latency_device: only the cluster check (stubbed here; real in the slow test below) sees them."""
+    import nas.preflight
+
+    joined = []
+    monkeypatch.setattr(nas.preflight, "_check_cluster", lambda exp, address, want: joined.append(address))
+    ray_search = {"trials": 2, "backend": "ray"}
+    many = {"target": {"threads": 64}}
+    refused(tmp_path, "latency.target", "threads 64 exceeds", latency=many, search=ray_search)  # private cluster
+    check(tmp_path, latency=many, search=ray_search, address="127.0.0.1:6379")
+    check(tmp_path, latency=many, search={**ray_search, "ray": {"address": "127.0.0.1:6380"}})
+    assert joined == ["127.0.0.1:6379", "127.0.0.1:6380"]  # the cluster itself is still checked
+    if not torch.cuda.is_available():
+        refused(tmp_path, "latency.target", "CUDA is not available", latency={"target": {"device": "cuda"}},
+                search=ray_search)
+        check(tmp_path, latency={"target": {"device": "cuda", "runtime": "eager"}}, search=ray_search,
+              address="127.0.0.1:6379")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("CXX", raising=False)
+    check(tmp_path, latency={"target": {"runtime": "compile"}}, search=ray_search, address="127.0.0.1:6379")
+    # what no machine can measure is refused wherever it would run
+    refused(tmp_path, "latency.target", "clock cpu", latency={"target": {"threads": 2}, "protocol": {"clock": "cpu"}},
+            search=ray_search, address="127.0.0.1:6379")
+    # the table is checked against the host where it is used, the device node: not against this one
+    lut = {"mode": "lut", "lut": str(fake_lut(tmp_path, host=elsewhere(), name="foreign.json"))}
+    check(tmp_path, latency=lut, search=ray_search, address="127.0.0.1:6379")
+    refused(tmp_path, "latency.lut", "elsewhere-7", latency=lut, search=ray_search)  # private cluster: this host
 
 
 # ---- seeds and retraining ----------------------------------------------------------------------------------
@@ -370,28 +460,42 @@ print(json.dumps(out))
 
 @pytest.mark.slow
 def test_cluster_offers_the_latency_device_and_the_trials_resources(tmp_path):
-    """A real one-node Ray cluster on loopback (tests/loopback_cluster.py) offering 1 CPU, no GPU and no
-    ``latency_device``: measured latency needs that node, trials asking for a GPU cannot be placed."""
-    from loopback_cluster import LoopbackCluster, namespaces_work
+    """A real Ray cluster on loopback (tests/loopback_cluster.py): a head offering 1 CPU, no GPU and no
+    ``latency_device``, then also a device node. Every latency mode needs that node (measured: the
+    measurements; lut: the table is loaded or built there, and the front re-measured); trials asking
+    for a GPU cannot be placed; the target's threads are the device node's business, not this machine's."""
+    from loopback_cluster import LoopbackCluster, namespaces_work, node_options
 
     if namespaces_work() is not None:
         pytest.skip(namespaces_work())
     ray_search = {"trials": 2, "backend": "ray"}
     lut = {"mode": "lut", "lut": str(fake_lut(tmp_path)), "remeasure_front": False}
-    cases = {"measured": raw_experiment(tmp_path, search=ray_search),
-             "gpu": raw_experiment(tmp_path, latency=lut, search={**ray_search, "ray": {"resources": {"gpu": 1}}}),
-             "fits": raw_experiment(tmp_path, latency=lut, search=ray_search)}
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    before = {"measured": raw_experiment(tmp_path, search=ray_search),
+              "lut": raw_experiment(tmp_path, latency=lut, search=ray_search)}
+    after = {"gpu": raw_experiment(tmp_path, latency=lut, search={**ray_search, "ray": {"resources": {"gpu": 1}}}),
+             "fits": raw_experiment(tmp_path, latency=lut, search=ray_search),
+             "threads": raw_experiment(tmp_path, latency={"target": {"threads": 64}}, search=ray_search),
+             "cuda": raw_experiment(tmp_path, latency={"target": {"device": "cuda", "runtime": "eager"}},
+                                    search=ray_search)}
+    (tmp_path / "before.json").write_text(json.dumps(before))
+    (tmp_path / "after.json").write_text(json.dumps(after))
     (tmp_path / "check.py").write_text(CLUSTER_SCRIPT)
     root = Path(__file__).resolve().parents[1]
-    command = (f"PYTHONPATH={shlex.quote(str(root))} {sys.executable} check.py $ADDRESS cases.json "
-               f"{shlex.quote(str(tmp_path))} >result.json 2>check.log")
+    run = f"PYTHONPATH={shlex.quote(str(root))} {sys.executable} check.py $ADDRESS"
+    device = shlex.quote(node_options({"cpus": 0, "resources": {"latency_device": 1}}))
+    command = (f"{run} before.json {shlex.quote(str(tmp_path))} >before_result.json 2>check.log && "
+               f"start_worker device {device} && wait_nodes 2 && "
+               f"{run} after.json {shlex.quote(str(tmp_path))} >after_result.json 2>>check.log")
     rc, out = LoopbackCluster(tmp_path, command, head={"cpus": 1}, workers=[]).run()
     assert rc == 0, out + (tmp_path / "check.log").read_text()[-2000:]
-    got = json.loads((tmp_path / "result.json").read_text())
-    assert got["measured"].startswith("--address: no node of the Ray cluster") and "latency_device" in got["measured"]
+    got = {**json.loads((tmp_path / "before_result.json").read_text()),
+           **json.loads((tmp_path / "after_result.json").read_text())}
+    for mode in ("measured", "lut"):
+        assert got[mode].startswith("--address: no node of the Ray cluster") and "latency_device" in got[mode]
     assert got["gpu"].startswith("search.ray.resources: no alive node") and "GPU 1" in got["gpu"]
-    assert got["fits"] == "ok"
+    assert got["fits"] == "ok" and got["threads"] == "ok"
+    if not torch.cuda.is_available():  # (where the nodes see a GPU, the device node offers one)
+        assert got["cuda"].startswith("latency.target.device: cuda, but no node offering 'latency_device'")
 
 
 def test_training_device_must_exist_here(tmp_path):

@@ -177,12 +177,18 @@ def check_available(target: LatencyTarget, protocol: MeasurementProtocol | None 
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise LatencyError("device cuda with runtime onnxruntime needs onnxruntime-gpu "
                                    "(CUDAExecutionProvider is missing); install it or use --runtime eager")
-    if protocol is not None and protocol.clock == "cpu" and (target.threads != 1 or target.device != "cpu"):
-        raise LatencyError(f"clock cpu measures one thread's CPU time, so it needs device cpu and threads 1 "
-                           f"(got {target.device}, {target.threads} threads); use clock wall")
+    check_settings(target, protocol)
     if target.threads > (os.cpu_count() or 1):
         raise LatencyError(f"threads {target.threads} exceeds the {os.cpu_count()} CPU cores of this "
                            f"machine; use --threads {os.cpu_count()} or fewer")
+
+
+def check_settings(target: LatencyTarget, protocol: MeasurementProtocol | None = None) -> None:
+    """Raise a one-line error for a target and protocol that no machine can measure together (the part
+    of :func:`check_available` that holds wherever the measuring happens, e.g. on another Ray node)."""
+    if protocol is not None and protocol.clock == "cpu" and (target.threads != 1 or target.device != "cpu"):
+        raise LatencyError(f"clock cpu measures one thread's CPU time, so it needs device cpu and threads 1 "
+                           f"(got {target.device}, {target.threads} threads); use clock wall")
 
 
 @lru_cache(maxsize=1)
