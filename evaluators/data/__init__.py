@@ -11,7 +11,8 @@ is only for a final check after a search. ``digits``, ``mnist``,
 ``fashion-mnist`` and ``cifar10`` are small and held in memory
 (:class:`TensorData`); ``folder:PATH`` (ImageNet layout) is read from disk
 per batch (:class:`~.folder.ImageFiles`, see :mod:`.folder`). :func:`batches`
-serves both.
+serves both. :func:`check_dataset` checks the files a spec names, through the
+loaders' own code, without loading them (what a search checks before its first trial).
 """
 
 from __future__ import annotations
