@@ -127,3 +127,31 @@ def test_more_workers_or_gpus_than_offered_is_one_line_before_work(tmp_path, cli
             "--workers", 2, "--batch-size", 33)
     assert r.returncode == 2 and "batch size 33 does not split evenly over 2 workers" in r.stderr
     assert not (tmp_path / "s.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_workers_train_on_a_streamed_folder_and_the_driver_prints_each_epoch(tmp_path, private_ray, capsys):
+    from imagenet_folder import make_imagenet_folder
+
+    from evaluators.supernet import SupernetConfig, load_supernet
+    from evaluators.supernet.data import load_data
+    from evaluators.supernet.distributed import train_supernet_distributed
+    from search_space import SearchSpace
+    from test_supernet import FOLDER_SPACE
+
+    spec = f"folder:{make_imagenet_folder(tmp_path / 'imagenet', classes=3, train_per_class=12, val_per_class=4)}"
+    space = SearchSpace.from_yaml(FOLDER_SPACE)
+    cfg = SupernetConfig(epochs=2, batch_size=8, lr=0.2, warmup_steps=1, val_fraction=0.25, loader_workers=0)
+    load_data(spec, space, cfg)  # the folder's index, built once here rather than by both workers at once
+    net = load_supernet(train_supernet_distributed(space, spec, cfg, out=tmp_path / "s.pt", workers=2))
+    # 27 training images: 3 global batches of 8 per epoch, 4 images per worker and step
+    assert [(h["epoch"], h["workers"], h["images"], h["skipped_images"]) for h in net.history] == \
+        [(1, 2, 24, 0), (2, 2, 24, 0)]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3, lines
+    for line, h in zip(lines, net.history):
+        assert line == (f"supernet epoch {h['epoch']}/2: loss {h['train_loss']:.3f}, train acc {h['train_acc']:.3f}, "
+                        f"{h['images_per_s']:.0f} images/s on 2 workers"), line
+    assert lines[2].startswith("supernet: 2 epochs, ") and "on 2 workers; final loss" in lines[2], lines[2]
+    assert "\r" not in capsys.readouterr().err  # no progress bar

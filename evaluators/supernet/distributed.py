@@ -19,6 +19,11 @@ On a multi-node cluster ``storage`` must be a folder every node can reach
 Requests beyond what the cluster offers (workers x CPUs, GPUs) are refused in
 one line before anything trains.
 
+Progress: worker 0 sends each epoch's record (loss, train accuracy, images/s) to
+a small queue actor, and the driver prints one line per epoch to its stderr as it
+arrives (workers' own output does not reach the driver: Ray runs with
+``log_to_driver=False``), then a summary line at the end.
+
 Written against Ray 2.60's Train API (Train V2, its default: ``ray.train.torch.TorchTrainer``,
 ``RunConfig(worker_runtime_env=...)``, ``ray.train.TrainingFailedError`` with ``worker_failures``).
 """
@@ -31,6 +36,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -94,14 +100,48 @@ def _worker_loop(cfg: dict) -> None:
     while run.epoch < config.epochs:
         record = run.train_epoch()
         if rank == 0:
-            print(f"supernet epoch {run.epoch}/{config.epochs}: loss {record['train_loss']:.3f}, "
-                  f"acc {record['train_acc']:.3f}, {record['images_per_s']:.0f} images/s on {world} workers",
-                  file=sys.stderr, flush=True)
             with tempfile.TemporaryDirectory() as d:
                 run.save(Path(d) / CHECKPOINT_FILE)
                 ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(d))
+            if cfg["progress"] is not None:
+                cfg["progress"].put({**record, "epochs": config.epochs})
         else:
             ray.train.report(record)
+
+
+def epoch_line(record: dict) -> str:
+    """One epoch of a distributed run, as the driver prints it."""
+    skipped = f", {record['skipped_images']} unreadable images skipped" if record.get("skipped_images") else ""
+    return (f"supernet epoch {record['epoch']}/{record['epochs']}: loss {record['train_loss']:.3f}, "
+            f"train acc {record['train_acc']:.3f}, {record['images_per_s']:.0f} images/s on "
+            f"{record['workers']} workers{skipped}")
+
+
+def summary_line(history: list[dict]) -> str:
+    """The whole run (every epoch in the checkpoint, resumed ones included) in one line."""
+    if not history:
+        return "supernet: no epoch trained"
+    last, seconds = history[-1], sum(h["seconds"] for h in history)
+    images = sum(h["images"] for h in history)
+    return (f"supernet: {last['epoch']} epochs, {seconds:.0f} s of training, {images / max(seconds, 1e-9):.0f} "
+            f"images/s on {last['workers']} workers; final loss {last['train_loss']:.3f}, "
+            f"train acc {last['train_acc']:.3f}")
+
+
+def _print_progress(queue, stop: threading.Event) -> None:
+    """Print the epochs worker 0 sends until ``stop`` is set and the queue is empty."""
+    from ray.util.queue import Empty
+
+    while True:
+        try:
+            record = queue.get(timeout=0.5)
+        except Empty:
+            if stop.is_set():
+                return
+            continue
+        except Exception:  # the queue's actor is gone (the cluster went down): nothing more will come
+            return
+        print(epoch_line(record), file=sys.stderr, flush=True)
 
 
 def _user_error(exc: BaseException) -> Optional[SupernetError]:
@@ -151,13 +191,14 @@ def _run_identity(space: SearchSpace, config: SupernetConfig, data_name: str) ->
 def train_supernet_distributed(space: SearchSpace, data, config: SupernetConfig = SupernetConfig(), *,
                                out: str | Path, workers: int, gpus_per_worker: float = 0.0,
                                address: Optional[str] = None, storage: str | Path | None = None,
-                               max_failures: int = 0) -> Path:
+                               max_failures: int = 0, progress: bool = True) -> Path:
     """Train a supernet of ``space`` on ``workers`` Ray Train workers; the checkpoint ends at ``out``.
 
-    ``data`` is a dataset spec (each worker loads it) or DataSplits (sent once
-    through the object store). ``config.threads`` CPUs and ``gpus_per_worker``
-    GPUs (fractions allowed) are reserved per worker. ``max_failures``: worker
-    group restarts Ray Train may make from the last checkpoint.
+    ``data`` is a dataset spec (each worker loads it; ``folder:PATH`` is streamed, each worker
+    reading only its share of every batch) or DataSplits (sent once through the object store).
+    ``config.threads`` CPUs and ``gpus_per_worker`` GPUs (fractions allowed) are reserved per
+    worker. ``max_failures``: worker group restarts Ray Train may make from the last checkpoint.
+    ``progress``: one line per epoch and a summary on stderr.
     """
     if workers < 1 or gpus_per_worker < 0:
         raise SupernetError("--workers must be >= 1 and --gpus-per-worker >= 0")
@@ -174,6 +215,8 @@ def train_supernet_distributed(space: SearchSpace, data, config: SupernetConfig 
         state = read_checkpoint(out)
         check_resumable(state, space, config, data_name, str(out))
         if state["epoch"] >= config.epochs:
+            if progress:
+                print(summary_line(state["history"]), file=sys.stderr, flush=True)
             return out
         initial = out.read_bytes()
     storage = Path(storage) if storage is not None else default_storage(out)
@@ -186,8 +229,15 @@ def train_supernet_distributed(space: SearchSpace, data, config: SupernetConfig 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.queue import Queue
 
+    queue = printer = None
+    stop = threading.Event()
     try:
+        queue = Queue(actor_options={"num_cpus": 0}) if progress else None
+        if queue is not None:
+            printer = threading.Thread(target=_print_progress, args=(queue, stop), daemon=True)
+            printer.start()
         storage.mkdir(parents=True, exist_ok=True)
         ident_file.write_text(json.dumps(ident))
         loopback = all(n["NodeManagerAddress"].startswith("127.") for n in ray.nodes() if n.get("Alive"))
@@ -196,7 +246,8 @@ def train_supernet_distributed(space: SearchSpace, data, config: SupernetConfig 
             train_loop_config={
                 "space": space.to_dict(), "config": config.to_dict(), "out": str(out),
                 "data": data if isinstance(data, str) else ray.put(data),
-                "initial": None if initial is None else ray.put(initial), "gpus_per_worker": gpus_per_worker},
+                "initial": None if initial is None else ray.put(initial), "gpus_per_worker": gpus_per_worker,
+                "progress": queue},
             torch_config=TorchConfig(backend="nccl" if gpus_per_worker > 0 else "gloo"),
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                          resources_per_worker={"CPU": config.threads, "GPU": gpus_per_worker}),
@@ -217,7 +268,14 @@ def train_supernet_distributed(space: SearchSpace, data, config: SupernetConfig 
             shutil.copyfile(Path(d) / CHECKPOINT_FILE, tmp)
             os.replace(tmp, out)
     finally:
+        stop.set()
+        if printer is not None:
+            printer.join()  # every epoch reported is printed before the summary (and before Ray stops)
+        if queue is not None:
+            queue.shutdown(force=True)  # its items are all printed
         if started:
             ray.shutdown()
     shutil.rmtree(storage, ignore_errors=True)
+    if progress:
+        print(summary_line(read_checkpoint(out)["history"]), file=sys.stderr, flush=True)
     return out

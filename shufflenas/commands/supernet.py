@@ -108,7 +108,7 @@ def train(space_file, data_spec, out, variant, epochs, subset, batch_size, lr, s
         from evaluators.supernet.distributed import train_supernet_distributed
 
         path = train_supernet_distributed(space, data_spec, config, out=out, workers=workers,
-                                          gpus_per_worker=gpus_per_worker, address=address)
+                                          gpus_per_worker=gpus_per_worker, address=address, progress=not as_json)
     else:
         path = train_supernet(space, data_spec, config, out=out, progress=not as_json)
     net = load_supernet(path)
