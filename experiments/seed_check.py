@@ -11,7 +11,9 @@ row, with the mean and standard deviation over seeds and the mean
 difference of each model against the last one named (over 3+ shared seeds
 with its 95% confidence interval and a paired t-test). Models are searched
 trials (``trialN``, taken from the run's ``retrain/candidates.json``) or
-preset names. Writes ``experiments/results/cifar10_3epoch/seed_check_<run>.{txt,json}``;
+preset names. Writes ``OUT/seed_check_<run>.json`` (every trained (model, seed), shared by all
+comparisons of that run) and ``OUT/seed_check_<run>[_<tag>].txt`` (``--out``, default
+``experiments/results/cifar10_3epoch``);
 already trained (model, seed) pairs in that JSON are reused, so a killed
 run resumes.
 """
@@ -34,6 +36,8 @@ def main(argv=None) -> int:
     ap.add_argument("experiment")
     ap.add_argument("models", nargs="+", help="trialN of the run, or preset names; the last one is the reference")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
+    ap.add_argument("--tag", default="", help="suffix of the text file, one per comparison")
     args = ap.parse_args(argv)
 
     from evaluators.training import TrainConfig
@@ -56,7 +60,8 @@ def main(argv=None) -> int:
             archs[name] = presets.get(name)
         else:
             raise SystemExit(f"seed_check: {name!r} is neither a retrained trial of {run_dir} nor a preset")
-    out_json = RESULTS / f"seed_check_{exp.name}.json"
+    out_dir = args.out
+    out_json = out_dir / f"seed_check_{exp.name}.json"
     done = json.loads(out_json.read_text())["rows"] if out_json.is_file() else []
     have = {(r["name"], r["seed"]) for r in done}
     data: dict[int, object] = {}  # per input size, as the run's retraining loads it
@@ -74,7 +79,7 @@ def main(argv=None) -> int:
             done.append({"name": name, "seed": seed, "val_acc": res.accuracy, "test_acc": test_acc,
                          "train_seconds": round(time.perf_counter() - t0, 1)})
             print(f"{name} seed {seed}: test {test_acc:.4f}, val {res.accuracy:.4f}", flush=True)
-            RESULTS.mkdir(parents=True, exist_ok=True)
+            out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(out_json, {"experiment": exp.name, "rows": done})
 
     def by_seed(name) -> dict[int, dict]:
@@ -104,7 +109,8 @@ def main(argv=None) -> int:
                      f"{np.std(test, ddof=1) if len(test) > 1 else float('nan'):>8.2%}{np.mean(val):>10.2%}  {diff}")
     text = "\n".join(lines)
     print(text)
-    atomic_write_text(RESULTS / f"seed_check_{exp.name}.txt", text + "\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / f"seed_check_{exp.name}{'_' + args.tag if args.tag else ''}.txt", text + "\n")
     return 0
 
 

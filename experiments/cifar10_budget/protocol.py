@@ -1,0 +1,199 @@
+"""The pre-registered CIFAR-10 comparison at a real budget, step by step, resumable.
+
+    python experiments/cifar10_budget/protocol.py [--only STEP]
+
+Steps, each resumed where it stopped when the command is run again:
+
+1. ``register``: the experiment file (``experiment.yaml`` beside this script) must be
+   committed and unchanged; its commit, content hash and the time are recorded in
+   ``RUN_DIR/protocol.json`` before anything runs. A later run of this script refuses
+   an experiment file that differs from the recorded one: a redo needs a new output
+   folder and a note in experiments/README.md with both results.
+2. ``run``: ``shufflenas run experiment.yaml`` -- the search, its export, then the
+   search's front plus the declared rivals and the baselines retrained with the one
+   recipe, each tested once on the test split when its training ends, latencies
+   re-measured together, the deploy folder of trained networks.
+3. ``seeds``: every (searched, baseline) verdict pair whose test accuracies lie within
+   1.5 points is retrained with seeds 1 and 2 (seed 0 is the run's own), and the paired
+   difference gets its 95% CI (``experiments/seed_check.py``).
+4. ``fidelity``: how well the search's own accuracy signal ranked the retrained
+   networks: Kendall tau, Spearman rho (with p-values) and top-k overlap between the
+   search-time score and the final validation accuracy (never the test accuracy).
+5. ``report``: the table, plot, verdicts, seed checks, fidelity and the wall time of
+   every step, copied into ``results/`` beside this script for committing.
+
+Only validation data steers anything; the test split is read once per network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+EXPERIMENT = HERE / "experiment.yaml"
+RESULTS = HERE / "results"
+STEPS = ("register", "run", "seeds", "fidelity", "report")
+WITHIN = 0.015  # pairs closer than 1.5 points get more training seeds
+TOP_K = 3
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_protocol(run_dir: Path) -> dict:
+    p = run_dir / "protocol.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def save_protocol(run_dir: Path, proto: dict) -> None:
+    from search_space.io import atomic_write_json
+
+    atomic_write_json(run_dir / "protocol.json", proto)
+
+
+def register(run_dir: Path, proto: dict) -> dict:
+    rel = str(EXPERIMENT.relative_to(REPO))
+    if git("status", "--porcelain", "--", rel):
+        raise SystemExit(f"protocol: {rel} has uncommitted changes; commit the pre-registered file first")
+    commit = git("log", "-1", "--format=%H", "--", rel)
+    if not commit:
+        raise SystemExit(f"protocol: {rel} is not committed; commit the pre-registered file first")
+    digest = sha256(EXPERIMENT)
+    if proto:
+        if proto["experiment_sha256"] != digest:
+            raise SystemExit(f"protocol: {rel} changed since the run was registered at commit "
+                             f"{proto['experiment_commit'][:10]}; a redo needs a new output folder and a note "
+                             f"in experiments/README.md with both results")
+        return proto
+    run_dir.mkdir(parents=True, exist_ok=True)
+    proto = {"experiment": rel, "experiment_sha256": digest, "experiment_commit": commit,
+             "experiment_commit_time": git("log", "-1", "--format=%cI", commit),
+             "registered_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "steps": {}}
+    save_protocol(run_dir, proto)
+    return proto
+
+
+def timed(run_dir: Path, proto: dict, name: str, fn) -> None:
+    """Run one step and add its wall time (summed over resumed attempts) to protocol.json."""
+    step = proto["steps"].setdefault(name, {"seconds": 0.0, "attempts": []})
+    if step.get("done") and name != "report":  # the report is cheap: always rewritten
+        print(f"protocol: {name} already done ({step['seconds'] / 3600:.2f} h)", flush=True)
+        return
+    t0 = time.time()
+    attempt = {"start": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code_commit": git("rev-parse", "HEAD")}
+    step["attempts"].append(attempt)
+    save_protocol(run_dir, proto)
+    try:
+        fn()
+        step["done"] = True
+    finally:
+        attempt["seconds"] = round(time.time() - t0, 1)
+        step["seconds"] = round(step["seconds"] + attempt["seconds"], 1)
+        save_protocol(run_dir, proto)
+
+
+def shufflenas(*args: str) -> None:
+    subprocess.run([str(Path(sys.executable).with_name("shufflenas")), *args], check=True)
+
+
+def close_pairs(summary: dict) -> list[tuple[str, str]]:
+    pairs = []
+    for v in summary["comparison"]:
+        if v["best_searched"] and abs(v["searched_test_acc"] - v["baseline_test_acc"]) <= WITHIN + 1e-12:
+            pairs.append((v["best_searched"], v["baseline"]))
+    return pairs
+
+
+def seeds_step(run_dir: Path) -> None:
+    summary = json.loads((run_dir / "retrain" / "summary.json").read_text())
+    for searched, baseline in close_pairs(summary):
+        subprocess.run([sys.executable, str(REPO / "experiments" / "seed_check.py"), str(EXPERIMENT),
+                        searched, baseline, "--seeds", "1", "2", "--out", str(run_dir / "seeds"),
+                        "--tag", f"{searched}_vs_{baseline}"], check=True)
+
+
+def fidelity(run_dir: Path) -> dict:
+    """Search-time score against the final validation accuracy, over the retrained networks
+    the search scored (its picks, and baselines it scored as seeds)."""
+    from scipy import stats
+
+    from nas.run_folder import RunFolder
+
+    picked = json.loads((run_dir / "retrain" / "candidates.json").read_text())["searched"]
+    score = {m["name"]: m["search_accuracy"] for m in picked}
+    for r in RunFolder(run_dir).read_records():
+        if r.seed and r.usable:
+            score.setdefault(r.seed, r.accuracy)
+    final = {r["name"]: r["val_acc"] for r in
+             (json.loads(line) for line in (run_dir / "retrain" / "results.jsonl").read_text().splitlines() if line)}
+    names = sorted(n for n in score if n in final)
+    s = [score[n] for n in names]
+    f = [final[n] for n in names]
+    tau, tau_p = stats.kendalltau(s, f)
+    rho, rho_p = stats.spearmanr(s, f)
+    k = min(TOP_K, len(names))
+    top = lambda d: set(sorted(names, key=lambda n: -d[n])[:k])  # noqa: E731
+    out = {"networks": len(names), "kendall_tau": tau, "kendall_p": tau_p, "spearman_rho": rho,
+           "spearman_p": rho_p, "top_k": k, "top_k_overlap": len(top(score) & top(final)),
+           "rows": [{"name": n, "search_score": score[n], "final_val_acc": final[n]} for n in names]}
+    from search_space.io import atomic_write_json
+
+    atomic_write_json(run_dir / "fidelity.json", out)
+    return out
+
+
+def report(run_dir: Path, proto: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in ("table.md", "summary.json", "front.png", "latency.json", "candidates.json"):
+        shutil.copy2(run_dir / "retrain" / name, RESULTS / name)
+    for f in sorted((run_dir / "seeds").glob("*.txt")) if (run_dir / "seeds").is_dir() else []:
+        shutil.copy2(f, RESULTS / f.name)
+    shutil.copy2(run_dir / "fidelity.json", RESULTS / "fidelity.json")
+    shutil.copy2(run_dir / "protocol.json", RESULTS / "protocol.json")
+    fid = json.loads((run_dir / "fidelity.json").read_text())
+    hours = {k: round(v["seconds"] / 3600, 2) for k, v in proto["steps"].items()}
+    lines = [f"reproduce: python experiments/cifar10_budget/protocol.py   (experiment committed at "
+             f"{proto['experiment_commit'][:10]}, registered {proto['registered_at']})", "",
+             (run_dir / "retrain" / "table.md").read_text(), "",
+             f"search signal vs final validation accuracy over {fid['networks']} retrained networks: "
+             f"Kendall tau {fid['kendall_tau']:.3f} (p={fid['kendall_p']:.2g}), Spearman rho "
+             f"{fid['spearman_rho']:.3f} (p={fid['spearman_p']:.2g}), top-{fid['top_k']} overlap "
+             f"{fid['top_k_overlap']}/{fid['top_k']}", "",
+             "wall time per step (h): " + ", ".join(f"{k} {v}" for k, v in hours.items())]
+    (RESULTS / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=STEPS, help="run one step (the earlier ones must be done)")
+    args = ap.parse_args(argv)
+    from nas.experiment import load_experiment
+
+    run_dir = Path(load_experiment(EXPERIMENT).output)
+    proto = register(run_dir, load_protocol(run_dir))
+    steps = {"run": lambda: shufflenas("run", str(EXPERIMENT)),
+             "seeds": lambda: seeds_step(run_dir),
+             "fidelity": lambda: fidelity(run_dir),
+             "report": lambda: report(run_dir, proto)}
+    for name in STEPS[1:]:
+        if args.only in (None, name):
+            timed(run_dir, proto, name, steps[name])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
