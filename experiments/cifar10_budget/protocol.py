@@ -2,7 +2,8 @@
 
     python experiments/cifar10_budget/protocol.py [--only STEP]
 
-Steps, each resumed where it stopped when the command is run again:
+Steps, each resumed where it stopped when the command is run again (``--experiment`` names
+another committed file; its results go to a ``results/`` folder beside it):
 
 1. ``register``: the experiment file (``experiment.yaml`` beside this script) must be
    committed and unchanged; its commit, content hash and the time are recorded in
@@ -37,16 +38,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-EXPERIMENT = HERE / "experiment.yaml"
-RESULTS = HERE / "results"
+SEED_CHECK = HERE.parent / "seed_check.py"
 STEPS = ("register", "run", "seeds", "fidelity", "report")
 WITHIN = 0.015  # pairs closer than 1.5 points get more training seeds
 TOP_K = 3
 
 
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=REPO, check=True, capture_output=True, text=True).stdout.strip()
+def git(where: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=where, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def sha256(path: Path) -> str:
@@ -64,14 +63,15 @@ def save_protocol(run_dir: Path, proto: dict) -> None:
     atomic_write_json(run_dir / "protocol.json", proto)
 
 
-def register(run_dir: Path, proto: dict) -> dict:
-    rel = str(EXPERIMENT.relative_to(REPO))
-    if git("status", "--porcelain", "--", rel):
+def register(experiment: Path, run_dir: Path, proto: dict) -> dict:
+    repo = Path(git(experiment.parent, "rev-parse", "--show-toplevel"))
+    rel = str(experiment.relative_to(repo))
+    if git(repo, "status", "--porcelain", "--", rel):
         raise SystemExit(f"protocol: {rel} has uncommitted changes; commit the pre-registered file first")
-    commit = git("log", "-1", "--format=%H", "--", rel)
+    commit = git(repo, "log", "-1", "--format=%H", "--", rel)
     if not commit:
         raise SystemExit(f"protocol: {rel} is not committed; commit the pre-registered file first")
-    digest = sha256(EXPERIMENT)
+    digest = sha256(experiment)
     if proto:
         if proto["experiment_sha256"] != digest:
             raise SystemExit(f"protocol: {rel} changed since the run was registered at commit "
@@ -80,20 +80,20 @@ def register(run_dir: Path, proto: dict) -> dict:
         return proto
     run_dir.mkdir(parents=True, exist_ok=True)
     proto = {"experiment": rel, "experiment_sha256": digest, "experiment_commit": commit,
-             "experiment_commit_time": git("log", "-1", "--format=%cI", commit),
+             "experiment_commit_time": git(repo, "log", "-1", "--format=%cI", commit),
              "registered_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "steps": {}}
     save_protocol(run_dir, proto)
     return proto
 
 
-def timed(run_dir: Path, proto: dict, name: str, fn) -> None:
+def timed(run_dir: Path, proto: dict, name: str, fn, code_commit: str) -> None:
     """Run one step and add its wall time (summed over resumed attempts) to protocol.json."""
     step = proto["steps"].setdefault(name, {"seconds": 0.0, "attempts": []})
     if step.get("done") and name != "report":  # the report is cheap: always rewritten
         print(f"protocol: {name} already done ({step['seconds'] / 3600:.2f} h)", flush=True)
         return
     t0 = time.time()
-    attempt = {"start": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code_commit": git("rev-parse", "HEAD")}
+    attempt = {"start": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code_commit": code_commit}
     step["attempts"].append(attempt)
     save_protocol(run_dir, proto)
     try:
@@ -117,10 +117,10 @@ def close_pairs(summary: dict) -> list[tuple[str, str]]:
     return pairs
 
 
-def seeds_step(run_dir: Path) -> None:
+def seeds_step(experiment: Path, run_dir: Path) -> None:
     summary = json.loads((run_dir / "retrain" / "summary.json").read_text())
     for searched, baseline in close_pairs(summary):
-        subprocess.run([sys.executable, str(REPO / "experiments" / "seed_check.py"), str(EXPERIMENT),
+        subprocess.run([sys.executable, str(SEED_CHECK), str(experiment),
                         searched, baseline, "--seeds", "1", "2", "--out", str(run_dir / "seeds"),
                         "--tag", f"{searched}_vs_{baseline}"], check=True)
 
@@ -155,17 +155,18 @@ def fidelity(run_dir: Path) -> dict:
     return out
 
 
-def report(run_dir: Path, proto: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def report(run_dir: Path, proto: dict, results: Path) -> None:
+    results.mkdir(parents=True, exist_ok=True)
     for name in ("table.md", "summary.json", "front.png", "latency.json", "candidates.json"):
-        shutil.copy2(run_dir / "retrain" / name, RESULTS / name)
+        shutil.copy2(run_dir / "retrain" / name, results / name)
     for f in sorted((run_dir / "seeds").glob("*.txt")) if (run_dir / "seeds").is_dir() else []:
-        shutil.copy2(f, RESULTS / f.name)
-    shutil.copy2(run_dir / "fidelity.json", RESULTS / "fidelity.json")
-    shutil.copy2(run_dir / "protocol.json", RESULTS / "protocol.json")
+        shutil.copy2(f, results / f.name)
+    shutil.copy2(run_dir / "fidelity.json", results / "fidelity.json")
+    shutil.copy2(run_dir / "protocol.json", results / "protocol.json")
     fid = json.loads((run_dir / "fidelity.json").read_text())
     hours = {k: round(v["seconds"] / 3600, 2) for k, v in proto["steps"].items()}
-    lines = [f"reproduce: python experiments/cifar10_budget/protocol.py   (experiment committed at "
+    lines = [f"reproduce: python experiments/cifar10_budget/protocol.py --experiment {proto['experiment']}  "
+             f"(experiment committed at "
              f"{proto['experiment_commit'][:10]}, registered {proto['registered_at']})", "",
              (run_dir / "retrain" / "table.md").read_text(), "",
              f"search signal vs final validation accuracy over {fid['networks']} retrained networks: "
@@ -173,25 +174,29 @@ def report(run_dir: Path, proto: dict) -> None:
              f"{fid['spearman_rho']:.3f} (p={fid['spearman_p']:.2g}), top-{fid['top_k']} overlap "
              f"{fid['top_k_overlap']}/{fid['top_k']}", "",
              "wall time per step (h): " + ", ".join(f"{k} {v}" for k, v in hours.items())]
-    (RESULTS / "report.md").write_text("\n".join(lines) + "\n")
+    (results / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--experiment", type=Path, default=HERE / "experiment.yaml",
+                    help="the committed experiment file (results go to a results/ folder beside it)")
     ap.add_argument("--only", choices=STEPS, help="run one step (the earlier ones must be done)")
     args = ap.parse_args(argv)
     from nas.experiment import load_experiment
 
-    run_dir = Path(load_experiment(EXPERIMENT).output)
-    proto = register(run_dir, load_protocol(run_dir))
-    steps = {"run": lambda: shufflenas("run", str(EXPERIMENT)),
-             "seeds": lambda: seeds_step(run_dir),
+    experiment = args.experiment.resolve()
+    run_dir = Path(load_experiment(experiment).output)
+    proto = register(experiment, run_dir, load_protocol(run_dir))
+    code = git(HERE, "rev-parse", "HEAD")
+    steps = {"run": lambda: shufflenas("run", str(experiment)),
+             "seeds": lambda: seeds_step(experiment, run_dir),
              "fidelity": lambda: fidelity(run_dir),
-             "report": lambda: report(run_dir, proto)}
+             "report": lambda: report(run_dir, proto, experiment.parent / "results")}
     for name in STEPS[1:]:
         if args.only in (None, name):
-            timed(run_dir, proto, name, steps[name])
+            timed(run_dir, proto, name, steps[name], code)
     return 0
 
 
