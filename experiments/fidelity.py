@@ -9,6 +9,18 @@ spread of accuracy across the networks against two noises: the same networks
 retrained with another seed (``repeat``) and the binomial standard error of an
 accuracy on that many validation images (goal: spread >= 3x each).
 
+Networks trained elsewhere with the same recipe count toward the N and are not
+trained again: ``--truth-from RUN_DIR`` imports the rows of a ``shufflenas run``
+folder's ``retrain/results.jsonl`` (the realistic-budget CIFAR-10 comparison,
+issue 17) whose recipe -- dataset, split (``--subset``, ``--val-fraction``,
+``--seed``) and training settings (``--truth-epochs``, ``--recipe``) -- is this
+ground truth's, and whose architecture lies in ``--space`` (the supernet can
+score only those). A run trained with another recipe is refused in one line.
+The rows are read once, when ``--out`` is first used (``imported.json``), take
+the first indices and each the free point of the latency (or MAC) range nearest
+its cost; the sampled networks fill the other points. Their validation accuracy
+is imported; they have no early-epoch score.
+
 Evaluators ranked against it, each with Kendall tau and Spearman rho (with
 p-values), top-5 overlap, cost per candidate and one-off cost:
 
@@ -57,9 +69,11 @@ if str(ROOT) not in sys.path:
 from evaluators.data import load_dataset  # noqa: E402
 from evaluators.supernet import (VARIANTS, SupernetConfig, SupernetEvaluator, load_supernet,  # noqa: E402
                                  record_fidelity, train_supernet)
+from evaluators.supernet.data import dataset_identity  # noqa: E402
 from evaluators.supernet.fidelity import checkpoint_digest  # noqa: E402
-from evaluators.training import TrainConfig, train  # noqa: E402
+from evaluators.training import PLACEMENT_DEFAULTS, TrainConfig, train  # noqa: E402
 from evaluators.zero_cost import PROXIES, ZeroCostEvaluator  # noqa: E402
+from nas.run_folder import RunFolder  # noqa: E402
 from search_space import Architecture, load_space, profile  # noqa: E402
 from search_space.io import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
 
@@ -93,7 +107,7 @@ def settings_of(args) -> dict:
     return {"space": load_space(args.space).to_dict(), "data": args.data, "n": args.n, "seed": args.seed,
             "subset": args.subset, "val_fraction": args.val_fraction, "truth_epochs": args.truth_epochs,
             "recipe": dict(sorted(args.recipe.items())), "lut": str(args.lut) if args.lut else None,
-            "pool": args.pool}
+            "pool": args.pool, "truth_from": str(args.truth_from.resolve()) if args.truth_from else None}
 
 
 def check_settings(args) -> None:
@@ -102,13 +116,14 @@ def check_settings(args) -> None:
         stored = json.loads(path.read_text())
         for k in ("data", "n", "seed", "subset", "val_fraction", "truth_epochs", "recipe", "lut", "pool"):
             setattr(args, k, stored[k])
+        args.truth_from = Path(stored["truth_from"]) if stored.get("truth_from") else None
         args.space_name = stored["space"].get("name") or "space"
         return
     mine = settings_of(args)
     args.space_name = mine["space"].get("name") or "space"
     if path.is_file():
         theirs = json.loads(path.read_text())
-        diff = [k for k in mine if mine[k] != theirs.get(k)]
+        diff = [k for k in mine if mine[k] != theirs.get(k)]  # (truth_from: None where an older file lacks it)
         if diff:
             sys.exit(f"fidelity: {args.out} holds results made with other settings ({', '.join(diff)}); "
                      f"use the same settings or another --out")
@@ -136,35 +151,154 @@ class Setup:
             from evaluators.latency import LatencyLUT
 
             self.cost_name, cost = "latency_ms", LatencyLUT.load(args.lut).predict
-        self.archs, self.costs = spread_over_range(self.space, args.n, args.pool, args.seed, cost)
+        self.imported = read_imported(args)
+        fixed = [Architecture.from_dict(r["arch"]) for r in self.imported]
+        self.archs, self.costs = spread_over_range(self.space, args.n, args.pool, args.seed, cost, fixed)
+        self.record_imported()
+
+    def record_imported(self) -> None:
+        """The imported networks' ground-truth rows (indices 0..k-1), appended once to truth.jsonl."""
+        path = self.args.out / "truth.jsonl"
+        have = {r["i"] for r in read_jsonl(path)}
+        for i, row in enumerate(self.imported):
+            if i not in have:
+                append(path, {**truth_row(i, self.archs[i], self.cost_name, self.costs[i], row["val_acc"],
+                                          row["train_seconds"], len(self.data.val)),
+                              "acc_1ep": None, "seconds_1ep": None, "history": None,
+                              "imported_from": f"{row['run']}: {row['name']}"})
 
     def recipe(self, seed: int) -> TrainConfig:
         return TrainConfig(**{"epochs": self.args.truth_epochs, "threads": self.args.threads, "seed": seed,
                               **self.args.recipe})
 
 
-def spread_over_range(space, n: int, pool: int, seed: int, cost) -> tuple[list[Architecture], list[float]]:
+def arch_key(arch: Architecture) -> str:
+    """The network, whatever its name."""
+    return arch.model_copy(update={"name": None}).to_json()
+
+
+def spread_over_range(space, n: int, pool: int, seed: int, cost,
+                      fixed: list[Architecture] = ()) -> tuple[list[Architecture], list[float]]:
     """``n`` distinct architectures whose costs lie closest to ``n`` evenly spaced points of the range
-    that a seeded pool of ``pool`` samples covers (between its 1st and 99th percentile)."""
+    that a seeded pool of ``pool`` samples covers (between its 1st and 99th percentile).
+
+    ``fixed`` architectures (imported ground truth) come first, all of them, each taking the free
+    point nearest its cost; pool samples fill the points left."""
     import numpy as np
 
     cands = space.sample(pool, seed=seed)
     costs = np.array([cost(a) for a in cands])
     lo, hi = np.percentile(costs, [1, 99])
-    targets = lo + (np.arange(n) + 0.5) * (hi - lo) / n
-    chosen, seen = [], set()
+    targets = list(lo + (np.arange(n) + 0.5) * (hi - lo) / n)
+    fixed_costs = [float(cost(a)) for a in fixed]
+    for c in fixed_costs:
+        if targets:
+            targets.pop(int(np.argmin([abs(t - c) for t in targets])))
+    chosen, seen = [], {arch_key(a) for a in fixed}
     for t in targets:
         for j in np.argsort(np.abs(costs - t), kind="stable"):
-            key = cands[j].to_json()
+            key = arch_key(cands[j])
             if key not in seen:
                 seen.add(key)
                 chosen.append(int(j))
                 break
-    return [cands[j] for j in chosen], [float(costs[j]) for j in chosen]
+    return [*fixed, *(cands[j] for j in chosen)], [*fixed_costs, *(float(costs[j]) for j in chosen)]
 
 
 def depth_of(arch: Architecture) -> int:
     return sum(s.depth for s in arch.stages)
+
+
+def truth_row(i: int, arch: Architecture, spread_by: str, spread_cost: float, accuracy: float, seconds: float,
+              val_images: int) -> dict:
+    pr = profile(arch)
+    return {"i": i, "arch": arch.to_dict(), "macs": pr.macs, "params": pr.params, "spread_by": spread_by,
+            "spread_cost": spread_cost, "depth": depth_of(arch), "width": width_of(arch), "accuracy": accuracy,
+            "seconds": seconds, "val_images": val_images}
+
+
+# ---- ground truth trained elsewhere (--truth-from) --------------------------------------------
+
+#: training settings that decide how a network is computed, not what it learns
+RUNTIME_TRAIN_FIELDS = ("threads", *PLACEMENT_DEFAULTS)
+
+
+def truth_recipe(args) -> dict:
+    """This ground truth's recipe in the form ``nas.retrain`` records it (results.jsonl's ``recipe``)."""
+    return {"data": args.data, "subset": args.subset, "val_fraction": args.val_fraction, "seed": args.seed,
+            "train": TrainConfig(**{"epochs": args.truth_epochs, "threads": args.threads, "seed": args.seed,
+                                    **args.recipe}).to_dict()}
+
+
+def recipe_differences(mine: dict, theirs: dict) -> list[str]:
+    """``field VALUE (run: VALUE)`` for what makes recipe ``theirs`` another one than ``mine``: the
+    dataset (the same family or folder from any path), the split and every training setting but
+    where and how fast it runs (threads, device, amp, channels_last, loader workers)."""
+    out = []
+    if dataset_identity(str(theirs.get("data"))) != dataset_identity(mine["data"]):
+        out.append(f"data {mine['data']} (run: {theirs.get('data')})")
+    out += [f"{k} {mine[k]} (run: {theirs.get(k)})" for k in ("subset", "val_fraction", "seed")
+            if theirs.get(k) != mine[k]]
+
+    def train(d) -> dict:
+        try:
+            full = TrainConfig(**d).to_dict(full=True)
+        except Exception as exc:  # settings of another version: a difference, named
+            return {"(unreadable)": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+        return {k: v for k, v in full.items() if k not in RUNTIME_TRAIN_FIELDS}
+
+    a, b = train(mine["train"]), train(theirs.get("train") or {})
+    out += [f"train.{k} {a.get(k)} (run: {b.get(k)})" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return out
+
+
+def select_imports(args) -> list[dict] | None:
+    """The networks ``--truth-from`` contributes (None: nothing to do, none asked for or already pinned).
+
+    Every row of the run's ``retrain/results.jsonl`` trained with this recipe, whose network lies
+    in the space, is kept (the last row of a name; one row per network). A run with none is refused
+    in one line: another recipe (naming the differences), or no network of the space. Nothing is
+    written here: a refusal leaves ``--out`` as it was.
+    """
+    if not args.truth_from or (args.out / "imported.json").is_file():
+        return None
+    results = RunFolder(args.truth_from).retrain / "results.jsonl"
+    if not results.is_file():
+        sys.exit(f"fidelity: --truth-from {args.truth_from}: no {results.relative_to(args.truth_from)}; "
+                 f"name the folder of a `shufflenas run` whose retraining has finished networks")
+    space, mine = load_space(args.space), truth_recipe(args)
+    rows = {r["name"]: r for r in read_jsonl(results)}  # a name retrained later (another recipe) counts last
+    other, outside, kept, keys = [], [], [], set()
+    for name, r in rows.items():
+        diff = recipe_differences(mine, r.get("recipe") or {})
+        arch = Architecture.from_dict(r["arch"])
+        if diff:
+            other.append((name, diff))
+        elif not space.contains(arch):
+            outside.append(name)
+        elif arch_key(arch) not in keys:
+            keys.add(arch_key(arch))
+            kept.append({"run": str(args.truth_from), "name": name, "kind": r.get("kind"), "arch": r["arch"],
+                         "val_acc": r["val_acc"], "train_seconds": r["train_seconds"], "recipe": r["recipe"]})
+    if not kept:
+        if other and not outside:
+            sys.exit(f"fidelity: --truth-from {args.truth_from}: its networks were trained with another recipe "
+                     f"than this ground truth's: {'; '.join(other[0][1][:4])}; match --data, --subset, "
+                     f"--val-fraction, --seed, --truth-epochs and --recipe to it, or leave --truth-from out")
+        sys.exit(f"fidelity: --truth-from {args.truth_from}: none of its {len(rows)} retrained networks "
+                 f"lies in space {space.name!r} with this recipe ({len(outside)} outside the space, "
+                 f"{len(other)} of another recipe); pass that run's space with --space, or leave --truth-from out")
+    notes = [f"{len(outside)} outside space {space.name!r} ({', '.join(outside[:4])})" if outside else "",
+             f"{len(other)} of another recipe ({', '.join(n for n, _ in other[:4])})" if other else ""]
+    note = "; ".join(n for n in notes if n)
+    print(f"fidelity: {len(kept)} ground-truth networks imported from {args.truth_from} "
+          f"({', '.join(r['name'] for r in kept)})" + (f"; left out: {note}" if note else ""), flush=True)
+    return kept
+
+
+def read_imported(args) -> list[dict]:
+    path = args.out / "imported.json"
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def width_of(arch: Architecture) -> int:
@@ -187,11 +321,8 @@ def phase_truth(args) -> None:
         arch = s.archs[i]
         r = train(arch, s.data, s.recipe(args.seed), state=states / f"{i}.pt")
         h = r.extra["history"]
-        pr = profile(arch)
-        append(path, {"i": i, "arch": arch.to_dict(), "macs": pr.macs, "params": pr.params,
-                      "spread_by": s.cost_name, "spread_cost": s.costs[i], "depth": depth_of(arch), "width": width_of(arch),
-                      "accuracy": r.accuracy, "seconds": r.seconds, "acc_1ep": h[0]["val_acc"],
-                      "seconds_1ep": h[0]["seconds"], "val_images": len(s.data.val), "history": h})
+        append(path, {**truth_row(i, arch, s.cost_name, s.costs[i], r.accuracy, r.seconds, len(s.data.val)),
+                      "acc_1ep": h[0]["val_acc"], "seconds_1ep": h[0]["seconds"], "history": h})
         print(f"truth {i}: acc {r.accuracy:.4f} (epoch 1: {h[0]['val_acc']:.4f}) {r.seconds:.0f} s", flush=True)
 
 
@@ -293,6 +424,8 @@ def report(args) -> str:
     import numpy as np
 
     truth = {r["i"]: r for r in read_jsonl(args.out / "truth.jsonl")}
+    imported = read_imported(args)
+    expected = max(args.n, len(imported))  # the imported networks count toward --n; all of them are kept
     if len(truth) < 3:
         return f"fidelity: {len(truth)} ground-truth networks finished in {args.out}; need 3 to rank"
     ids = sorted(truth)
@@ -310,8 +443,9 @@ def report(args) -> str:
         rows.append({"evaluator": name, **st, "seconds_per_candidate": per, "one_off_seconds": one_off,
                      "cost_vs_truth": (one_off + per * len(ids)) / gt_total, **(extra or {})})
 
-    add("early epoch (val acc after epoch 1)", {i: truth[i]["acc_1ep"] for i in ids},
-        {i: truth[i]["seconds_1ep"] for i in ids})
+    early = [i for i in ids if truth[i].get("acc_1ep") is not None]  # imported networks have none
+    add("early epoch (val acc after epoch 1)", {i: truth[i]["acc_1ep"] for i in early},
+        {i: truth[i]["seconds_1ep"] for i in early})
     for key in ("params", "macs", "depth", "width"):
         add(key, {i: truth[i][key] for i in ids}, 0.0)
     zc: dict[str, dict] = {}
@@ -339,7 +473,7 @@ def report(args) -> str:
             add(f"supernet {variant}, BN {bn} images", est, {i: r["seconds"] for i, r in recs.items()},
                 one_off=trained, extra=bias)
             row = rows[-1]
-            if row["evaluator"] == f"supernet {variant}, BN {bn} images" and len(common) == len(ids) == args.n:
+            if row["evaluator"] == f"supernet {variant}, BN {bn} images" and len(common) == len(ids) == expected:
                 record_fidelity(ckpt, {
                     **{k: row[k] for k in ("n", "kendall_tau", "kendall_p", "spearman_rho", "spearman_p",
                                            "top5_overlap")},
@@ -360,7 +494,9 @@ def report(args) -> str:
         f"Ground truth: {args.truth_epochs}-epoch training (recipe {json.dumps(args.recipe) if args.recipe else 'default'}), "
         f"mean {gt_cost:.0f} s per network ({gt_total:.0f} s in all); validation accuracy {min(gt):.3f}..{max(gt):.3f} "
         f"on {noise['val_images']} images; networks picked evenly over {len(ids)} points of the "
-        f"{'latency' if args.lut else 'multiply-add'} range.",
+        f"{'latency' if args.lut else 'multiply-add'} range" + (
+            f"; {len(imported)} of them trained with the same recipe by {imported[0]['run']} and imported "
+            f"({', '.join(r['name'] for r in imported)}), not retrained" if imported else "") + ".",
         f"Noise: spread across architectures (std) {noise['spread_std']:.4f}; binomial standard error "
         f"{noise['binomial_se']:.4f} (ratio {noise['spread_over_binomial']:.1f}x)" + (
             f"; seed-to-seed std {noise['seed_std']:.4f} from {noise['seed_pairs']} retrained networks "
@@ -386,6 +522,18 @@ def report(args) -> str:
     return text
 
 
+def subset_arg(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of images, or 'all'") from None
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 2 images")
+    return n
+
+
 def parse_recipe(items: list[str]) -> dict:
     out = {}
     for item in items or []:
@@ -408,7 +556,8 @@ def main(argv=None) -> None:
     ap.add_argument("--pool", type=int, default=2000, help="samples the n networks are picked from")
     ap.add_argument("--lut", type=Path, help="latency lookup table: spread the networks over latency, not MACs")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--subset", type=int, default=10_000, help="images drawn from the training set")
+    ap.add_argument("--subset", type=subset_arg, default=10_000,
+                    help="images drawn from the training set ('all': the whole of it)")
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--truth-epochs", type=int, default=3)
     ap.add_argument("--recipe", action="append", metavar="KEY=VALUE", default=[],
@@ -424,11 +573,17 @@ def main(argv=None) -> None:
     ap.add_argument("--reverse", action="store_true", help="truth: from the last network (a second worker)")
     ap.add_argument("--start", type=int, default=0, help="truth: begin at this network (a third worker)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--truth-from", type=Path, metavar="RUN_DIR",
+                    help="import the ground truth a `shufflenas run` folder retrained with this very recipe "
+                         "(retrain/results.jsonl): those networks count toward --n and are not trained again")
     args = ap.parse_args(argv)
     args.recipe = parse_recipe(args.recipe)
     args.variant = args.variant or list(VARIANTS)
     args.bn_images = [int(b) for b in args.bn_images.split(",")]
+    imports = select_imports(args) if args.phase != "report" else None
     check_settings(args)
+    if imports is not None:  # pinned once: every later phase ranks the same networks
+        atomic_write_json(args.out / "imported.json", imports)
     phases = {"truth": [phase_truth], "repeat": [phase_repeat], "proxies": [phase_proxies],
               "supernet": [phase_supernet], "report": [],
               "all": [phase_truth, phase_repeat, phase_proxies, phase_supernet]}[args.phase]
