@@ -604,3 +604,20 @@ def test_supernet_scores_on_a_streamed_folder_as_computed_by_hand(tmp_path, stre
     assert r.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
     assert ev.evaluate(arch).accuracy == r.accuracy  # the validation split is read again, the same
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
+def test_supernet_trains_and_scores_a_streamed_folder_on_cuda(tmp_path, streamed):
+    from evaluators.supernet import SupernetConfig, SupernetEvaluator, load_supernet, train_supernet
+
+    spec, space = streamed
+    cfg = SupernetConfig(epochs=2, batch_size=8, lr=0.2, warmup_steps=1, val_fraction=0.25, loader_workers=1,
+                         device="cuda")
+    path = train_supernet(space, spec, cfg, out=tmp_path / "s.pt", progress=False)  # pinned batches, bf16
+    net = load_supernet(path)
+    assert [h["images"] for h in net.history] == [24, 24] and all(math.isfinite(h["train_loss"]) for h in net.history)
+    arch = space.sample(seed=1)
+    gpu = SupernetEvaluator(path, spec, bn_images=16, device="cuda", amp="off", loader_workers=1).evaluate(arch)
+    cpu = SupernetEvaluator(path, spec, bn_images=16, device="cpu", loader_workers=0).evaluate(arch)
+    assert gpu.extra["device"].startswith("cuda") and gpu.extra["val_images"] == cpu.extra["val_images"] == 9
+    assert abs(gpu.accuracy - cpu.accuracy) <= 2 / 9
