@@ -1,8 +1,9 @@
 """Every Ray internal this project relies on, in one place, each with why no public API serves.
 
-Checked against Ray 2.60.0 (``ray[tune]``). ``tests/test_ray_backend.py::test_ray_internals_still_where_the_adapter_looks``
-runs each function below against a real local Ray and fails, naming the function, when
-one of them moves; a Ray upgrade starts there. Nothing else imports ``ray._private`` or
+Checked against Ray 2.60.0 (``ray[tune]``).
+``tests/test_ray_backend.py::test_ray_internals_still_where_the_adapter_looks`` uses each
+function below against a real local Ray and fails when one of them moves; a Ray upgrade
+starts there. Nothing else imports ``ray._private`` or
 reads Ray's message texts.
 
 * Tune settings (:func:`tune_environment`): Tune reads a few behaviours only from
@@ -96,14 +97,17 @@ def error_text(trial) -> str:
 
 
 def failure_count(trial) -> int:
-    """How many times ``trial`` failed, one death of its worker counted once.
+    """How many times ``trial`` failed, one death of its worker counted once (see :func:`failures_in`)."""
+    return failures_in(error_text(trial)) or trial.run_metadata.num_failures
+
+
+def failures_in(error_text: str) -> int:
+    """The failures a trial's ``error.txt`` holds, those naming the same actor counted once.
 
     Tune can count one death twice (the running task and the actor each report it; seen when
-    a node died just as a trial started); failures naming the same actor are one here.
+    a node died just as a trial started).
     """
-    blocks = _FAILURE_BLOCK.split(error_text(trial))[1:]
-    if not blocks:
-        return trial.run_metadata.num_failures
+    blocks = _FAILURE_BLOCK.split(error_text)[1:]
     return len({(m[1] if (m := _ACTOR_ID.search(b)) else i) for i, b in enumerate(blocks)})
 
 

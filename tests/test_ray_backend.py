@@ -138,7 +138,9 @@ def test_ray_internals_still_where_the_adapter_looks(tmp_path):
                                                 error_message="The actor died because its node has died. "
                                                               "Node Id: 0a1b2c"))
     assert ray_adapter.dead_node(str(died)) == "0a1b2c"
-    assert ray_adapter._ACTOR_ID.search(str(died))[1] == bytes(range(16)).hex()
+    twice = f"Failure # 1 (occurred at now)\n{died}\nFailure # 2 (occurred at now)\n{died}\n"  # one death, told twice
+    assert ray_adapter.failures_in(twice) == 1
+    assert ray_adapter.failures_in(twice.replace(bytes(range(16)).hex(), "ff" * 16, 1)) == 2
 
     before = dict(os.environ)
     with ray_adapter.tune_environment():

@@ -389,9 +389,10 @@ class RayBackend(SearchBackend):
                 epochs = int(exp.accuracy.train.get("epochs", 1))
                 scheduler = ASHAScheduler(metric="accuracy_epoch", mode="max", time_attr="training_iteration",
                                           max_t=epochs + 1, grace_period=1, reduction_factor=2)
+            searcher = StudySearcher(exp, self.space, SeedPlan(exp, self.space).queued())
             tuner = tune.Tuner(
                 fn,
-                tune_config=tune.TuneConfig(search_alg=StudySearcher(exp, self.space, SeedPlan(exp, self.space).queued()),
+                tune_config=tune.TuneConfig(search_alg=searcher,
                                             scheduler=scheduler, num_samples=exp.search.trials or -1,
                                             max_concurrent_trials=exp.search.concurrency,
                                             time_budget_s=exp.search.timeout_s, reuse_actors=True),
