@@ -233,6 +233,9 @@ class RetrainSpec(Frozen):
     candidates: int = Field(6, ge=1, le=100)
     #: keyword arguments of evaluators.training.TrainConfig, the same for every model
     train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 30})
+    #: models trained at a time, each in its own process with the recipe's own threads (the
+    #: weights and accuracies are the same as with 1); e.g. 2 on a 2-core CPU with threads: 1
+    workers: int = Field(1, ge=1, le=64)
     #: training images drawn from the official training set (None = all of it)
     subset: Optional[int] = Field(None, ge=10)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)

@@ -18,24 +18,70 @@ with the search's target. Results go to ``RUN_DIR/retrain/``:
 
 Then every trained model goes to ``RUN_DIR/deploy/`` with its weights, an ONNX
 file checked against PyTorch, its test accuracy and latency (:mod:`nas.deploy`).
+
+Parallel training (``retrain.workers: N``, or ``--workers N``): up to N models
+train at a time, each in its own process (multiprocessing, spawn) with the
+recipe's own ``threads``; the largest (multiply-adds) start first, so the last
+ones end together. Each process loads the data once and keeps it for every
+model it trains. Only this process writes ``results.jsonl``, one whole line per
+model as it finishes. A process ends with its parent (a killed or interrupted
+run leaves no training behind), and every training saves its state after each
+epoch (``retrain/NAME/weights.state.pt``, removed once its row is written), so
+a rerun resumes each unfinished model from its last finished epoch. On the CPU
+a model gets the same weights and accuracies, bit for bit, with any N: each
+training seeds itself and runs on the recipe's thread count. A training error
+in a process stops the others and is raised here as it was raised there (one
+line for bad input). Measured on this 2-core machine: one training reads about
+280 images/s on 1 thread and 380 on 2 (shufflenet_v2_x0_5_cifar, shared/NOTES.md),
+so two 1-thread trainings at a time should do more than one 2-thread training.
+
+Latency on a Ray cluster: when the experiment's search ran on one
+(``search.backend: ray`` with ``search.ray.address``, or ``--address``), the
+models are measured by the latency actor on the node that offers
+``latency_device`` (:class:`evaluators.latency.ray_actor.LatencyActorHandle`),
+as the search measured them, not on this machine; the rivals are picked with
+those measurements too. Otherwise (a local run, or Ray's private local
+cluster, which is this machine) a measurement worker here measures them.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import pickle
+import signal
 import time
+import traceback
+from contextlib import contextmanager
+from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
+import torch
 
+from evaluators.base import LatencyResult
+from evaluators.data import load_dataset
+from evaluators.latency import LatencyTarget, MeasurementProtocol, MeasurementWorker
+from evaluators.latency.ray_actor import DeviceNodeLost, LatencyActorHandle, offering_nodes
+from evaluators.latency.target import describe_host
+from evaluators.training import TrainConfig, evaluate, train
 from search_space import Architecture, build_model, presets, profile
+from search_space.errors import ShuffleNASError
 from search_space.io import atomic_write_json, atomic_write_text, read_jsonl
 
 from . import records as R
 from .deploy import deploy
 from .experiment import Experiment, ExperimentError, RetrainSpec
 from .run_folder import RunFolder
+from .trial_worker import exit_with_parent
+
+
+class RetrainError(ShuffleNASError):
+    """Retraining could not go on (a training process died, the latency device left the cluster);
+    rerunning the command resumes it."""
+
 
 def pick_candidates(front: list[R.TrialRecord], n: int, latency: dict[int, float] | None = None,
                     targets: tuple[float, ...] = (), more: list[list[R.TrialRecord]] = ()) -> list[R.TrialRecord]:
@@ -91,7 +137,8 @@ def near_baselines(records: list[R.TrialRecord], chosen: list[R.TrialRecord], ta
     return picked
 
 
-def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, log=print) -> list[tuple[str, str, Architecture]]:
+def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, address: Optional[str] = None,
+            log=print) -> list[tuple[str, str, Architecture]]:
     """The searched members and the baselines; the pick is saved once (``candidates.json``),
     so a resumed run retrains the same models."""
     out = RunFolder(run_dir).retrain
@@ -110,14 +157,12 @@ def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, log=print) -> 
     if not layers:
         raise ExperimentError(f"{run_dir}: the run has no feasible completed trial to retrain")
     front, more = layers[0], layers[1:]
-    from evaluators.latency import MeasurementWorker
-
     members = [r for layer in layers for r in layer]
-    log(f"retrain: measuring {len(members)} searched networks ({len(front)} on the front) and "
-        f"{len(baselines)} baselines to pick the rivals ...")
-    with MeasurementWorker(*_target_and_protocol(exp)) as worker:
-        base_ms = {name: worker.latency(arch).median_ms for name, _, arch in baselines}
-        searched_ms = {r.number: worker.latency(Architecture.from_dict(r.arch)).median_ms for r in members}
+    with latency_session(exp, address) as (measure, where):
+        log(f"retrain: measuring {len(members)} searched networks ({len(front)} on the front) and "
+            f"{len(baselines)} baselines on {where} to pick the rivals ...")
+        base_ms = {name: measure(arch).median_ms for name, _, arch in baselines}
+        searched_ms = {r.number: measure(Architecture.from_dict(r.arch)).median_ms for r in members}
         picks = pick_candidates(front, spec.candidates, searched_ms, tuple(base_ms.values()), more)
         if spec.rival_band:
             # the search's latencies (a LUT's, say) mapped to this device by the members just measured
@@ -127,7 +172,7 @@ def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, log=print) -> 
                 f"below a baseline's latency "
                 f"(search latency x {scale:.2f})")
             for r in extra:
-                searched_ms[r.number] = worker.latency(Architecture.from_dict(r.arch)).median_ms
+                searched_ms[r.number] = measure(Architecture.from_dict(r.arch)).median_ms
             picks = sorted(picks + extra, key=lambda r: searched_ms[r.number])
     layer_of = {r.number: i + 1 for i, layer in enumerate(layers) for r in layer}
     searched = [{"name": f"trial{r.number}", "trial": r.number, "search_accuracy": r.accuracy,
@@ -152,10 +197,66 @@ def _layers(records, objectives, n: int) -> list[list[R.TrialRecord]]:
 
 
 def _target_and_protocol(exp: Experiment):
-    from evaluators.latency import LatencyTarget, MeasurementProtocol
-
     target = LatencyTarget(**exp.latency.target)
     return target, (MeasurementProtocol(**exp.latency.protocol) if exp.latency.protocol else None)
+
+
+def cluster_address(exp: Experiment, address: Optional[str] = None) -> Optional[str]:
+    """The Ray cluster whose ``latency_device`` node measures the models: ``address`` (the command
+    line's) or ``search.ray.address``, for an experiment on the ray backend; None = this machine
+    (Ray's private local cluster is this machine too)."""
+    if address and exp.search.backend != "ray":
+        raise ExperimentError("--address: applies to the ray backend only (search.backend: ray); "
+                              "this run's latency is measured on this machine")
+    return (address or exp.search.ray.address) if exp.search.backend == "ray" else None
+
+
+@contextmanager
+def latency_session(exp: Experiment, address: Optional[str] = None
+                    ) -> Iterator[tuple[Callable[[Architecture], LatencyResult], str]]:
+    """``(measure, where)``: ``measure(arch)`` is the latency of ``arch`` on the experiment's target,
+    all in one measurement session; ``where`` says where (for the log).
+
+    On a Ray cluster (:func:`cluster_address`) the latency actor on the node offering
+    ``latency_device`` measures, joined as the search joined it (:func:`nas.backends.ray.init_ray`);
+    otherwise a measurement worker on this machine.
+    """
+    target, protocol = _target_and_protocol(exp)
+    address = cluster_address(exp, address)
+    if address is None:
+        with MeasurementWorker(target, protocol) as worker:
+            yield worker.latency, "this machine"
+        return
+    import ray
+
+    from .backends.ray import LATENCY_RESOURCE, init_ray
+
+    try:
+        joined = init_ray(address, exp)  # False: this process was connected already
+    except ConnectionError as exc:
+        raise RetrainError(f"retrain: cannot join the Ray cluster at {address} ({' '.join(str(exc).split())}); "
+                           f"start it or pass another --address") from None
+    try:
+        if not offering_nodes(LATENCY_RESOURCE):
+            raise RetrainError(f"retrain: no node of the Ray cluster at {address} offers the '{LATENCY_RESOURCE}' "
+                               f"resource; start the target device's node with "
+                               f"--resources='{{\"{LATENCY_RESOURCE}\": 1}}'")
+        handle = LatencyActorHandle(target, LATENCY_RESOURCE, protocol)
+
+        def call(method: str, *args):
+            try:
+                return handle.call(method, *args)
+            except DeviceNodeLost as exc:
+                raise RetrainError(f"retrain: latency: {exc}; then rerun the command (trained models are kept)") \
+                    from None
+
+        def measure(arch: Architecture) -> LatencyResult:
+            return LatencyResult(**call("latency", arch.to_dict()))
+
+        yield measure, f"{describe_host(call('host'))} (the Ray node offering '{LATENCY_RESOURCE}' at {address})"
+    finally:
+        if joined:
+            ray.shutdown()
 
 
 def _recipe(exp: Experiment, spec: RetrainSpec, config: dict) -> dict:
@@ -204,23 +305,22 @@ def _reuse_baselines(spec: RetrainSpec, recipe: dict, names: set[str], log=print
 def recipe_data(exp: Experiment, spec: RetrainSpec, arch: Architecture):
     """The retraining data for ``arch``: the experiment's dataset at its input, the recipe's subset
     and the search's train/validation split."""
-    from evaluators.data import load_dataset
-
     return load_dataset(exp.data, input_size=arch.input_size, in_channels=arch.in_channels,
                         subset=spec.subset, val_fraction=spec.val_fraction, seed=exp.search.seed)
 
 
-def train_and_test(arch: Architecture, data, config, checkpoint: Path):
+def train_and_test(arch: Architecture, data, config, checkpoint: Path, *, keep_state: bool = False):
     """Train ``arch`` with ``config``, save the weights after the last epoch to ``checkpoint`` and
     test those weights once (no model is picked by its test accuracy, nor by an epoch's validation
-    accuracy). Returns the training result, test accuracy and test loss."""
-    import torch
+    accuracy). Returns the training result, test accuracy and test loss.
 
-    from evaluators.training import evaluate, train
-
-    state = Path(checkpoint).with_suffix(".state.pt")  # per-epoch resume point of a long training
+    The training's per-epoch state (``checkpoint`` with suffix ``.state.pt``) is removed at the
+    end unless ``keep_state``: then a kill before the caller has recorded the result costs no
+    epoch (the rerun finds every epoch done and only tests again); the caller removes it."""
+    state = state_path(checkpoint)  # per-epoch resume point of a long training
     res = train(arch, data, config, checkpoint=checkpoint, state=state)
-    state.unlink(missing_ok=True)
+    if not keep_state:
+        state.unlink(missing_ok=True)
     model = build_model(arch)
     model.load_state_dict(torch.load(res.checkpoint, map_location="cpu", weights_only=True))
     test_acc, test_loss = evaluate(model, data.test, data.mean, data.std, device=config.placement(),
@@ -228,16 +328,183 @@ def train_and_test(arch: Architecture, data, config, checkpoint: Path):
     return res, test_acc, test_loss
 
 
-def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, progress: bool = True,
-            log=print) -> dict:
-    """Train, test and re-measure every model; resumable (finished models are skipped)."""
-    from evaluators.latency import MeasurementWorker
-    from evaluators.training import TrainConfig
+def state_path(checkpoint: Path) -> Path:
+    return Path(checkpoint).with_suffix(".state.pt")
 
+
+def append_row(path: Path, row: dict) -> None:
+    """Append ``row`` to a JSONL file as one whole line (written and flushed at once).
+
+    A final line cut short by an earlier kill (which :func:`read_jsonl` skips) is dropped
+    first, so that the new row does not join it into one unreadable line."""
+    with open(path, "a+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size:
+            fh.seek(size - 1)
+            if fh.read(1) != b"\n":
+                fh.seek(0)
+                fh.truncate(fh.read().rfind(b"\n") + 1)
+        fh.write((json.dumps(row) + "\n").encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+#: ``on_start(name, kind, train_images)``: a model's training begins (its data loaded)
+OnStart = Callable[[str, str, int], None]
+#: ``on_done(name, kind, arch, result, test_acc, test_loss, train_images)``: a model is trained and tested
+OnDone = Callable[..., None]
+
+
+def _train_here(todo, config, out: Path, data_for, on_start: OnStart, on_done: OnDone) -> None:
+    """Train ``todo`` one after the other in this process."""
+    for name, kind, arch in todo:
+        data = data_for(arch)
+        on_start(name, kind, len(data.train))
+        res, test_acc, test_loss = train_and_test(arch, data, config, out / name / "weights.pt", keep_state=True)
+        on_done(name, kind, arch, res, test_acc, test_loss, len(data.train))
+
+
+class _WorkerTraceback(Exception):
+    """The traceback of an error raised in a training process: the cause of the error re-raised here."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _train_worker(conn, exp: Experiment, spec: RetrainSpec, config, out: str) -> None:
+    """A training process: trains the models it is sent, one at a time, until it is sent None.
+
+    It loads each input size's data once and keeps it. It ends when its parent does
+    (:func:`~nas.trial_worker.exit_with_parent`); Ctrl-C reaches the parent, which stops it.
+    Replies: ``("start", train_images)``, then ``("done", result, test_acc, test_loss,
+    train_images)`` or ``("error", exception, traceback)`` (after which it exits).
+    """
+    exit_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cache: dict[tuple[int, int], Any] = {}
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        name, arch = job[0], Architecture.from_dict(job[1])
+        try:
+            key = (arch.input_size, arch.in_channels)
+            if key not in cache:
+                cache[key] = recipe_data(exp, spec, arch)
+            data = cache[key]
+            conn.send(("start", len(data.train)))
+            res, test_acc, test_loss = train_and_test(arch, data, config, Path(out) / name / "weights.pt",
+                                                      keep_state=True)
+        except BaseException as exc:  # noqa: BLE001 -- every failure goes back to the parent, which raises it
+            tb = "".join(traceback.format_exception(exc))[-4000:]
+            try:
+                pickle.loads(pickle.dumps(exc))
+            except Exception:  # noqa: BLE001 -- an exception that does not survive pickling goes as text
+                exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+            conn.send(("error", exc, tb))
+            return
+        conn.send(("done", res, test_acc, test_loss, len(data.train)))
+
+
+class _Slot:
+    """One training process and the model it is training (None: idle)."""
+
+    def __init__(self, proc, conn):
+        self.proc, self.conn = proc, conn
+        self.job: Optional[tuple[str, str, Architecture]] = None
+
+    def give(self, job) -> None:
+        self.job = job
+        try:
+            self.conn.send(None if job is None else (job[0], job[2].to_dict()))
+        except OSError:  # it died since it last answered; noticed by the caller's wait
+            pass
+
+    def died(self) -> RetrainError:
+        self.proc.join(timeout=10)
+        code = self.proc.exitcode
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+            if -code == signal.SIGKILL:
+                how += " (the kernel's out-of-memory killer sends SIGKILL)"
+        else:
+            how = f"exited with status {code}"
+        return RetrainError(f"retrain: the process training {self.job[0]} {how}; rerun the command to resume "
+                            f"(finished models are kept, unfinished ones resume from their last finished epoch)")
+
+
+def largest_first(todo: list[tuple[str, str, Architecture]]) -> list[tuple[str, str, Architecture]]:
+    """``todo`` by decreasing multiply-adds (every model trains for the same epochs on the same images),
+    so that the last trainings of a pool end close together."""
+    return sorted(todo, key=lambda m: profile(m[2]).mflops, reverse=True)
+
+
+def _train_in_pool(todo, exp: Experiment, spec: RetrainSpec, config, out: Path, workers: int,
+                   on_start: OnStart, on_done: OnDone) -> None:
+    """Train ``todo`` in ``workers`` processes (spawned, each ending with this one), largest first;
+    ``on_start`` / ``on_done`` run here, in this process, as the processes report."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = largest_first(todo)
+    slots: list[_Slot] = []
+    try:
+        for _ in range(min(workers, len(queue))):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_train_worker, args=(theirs, exp, spec, config, str(out)),
+                               name="shufflenas-retrain", daemon=True)
+            proc.start()
+            theirs.close()
+            slots.append(_Slot(proc, mine))
+        for slot in slots:
+            slot.give(queue.pop(0))
+        while any(s.job for s in slots):
+            busy = [s for s in slots if s.job]
+            ready = wait([s.conn for s in busy] + [s.proc.sentinel for s in busy])
+            for slot in busy:
+                if slot.conn in ready or slot.conn.poll():
+                    try:
+                        msg = slot.conn.recv()
+                    except (EOFError, OSError):
+                        raise slot.died() from None
+                elif slot.proc.sentinel in ready:
+                    raise slot.died()
+                else:
+                    continue
+                name, kind, arch = slot.job
+                if msg[0] == "start":
+                    on_start(name, kind, msg[1])
+                elif msg[0] == "done":
+                    on_done(name, kind, arch, *msg[1:])
+                    slot.give(queue.pop(0) if queue else None)
+                else:  # "error": raised here as it was raised there
+                    raise msg[1] from _WorkerTraceback(f"in the process training {name}:\n{msg[2]}")
+    finally:
+        for slot in slots:  # after the last model they are exiting; after an error or Ctrl-C they are stopped
+            if slot.job is not None and slot.proc.is_alive():
+                slot.proc.terminate()
+            slot.proc.join(timeout=10)
+            if slot.proc.is_alive():
+                slot.proc.kill()
+                slot.proc.join()
+            slot.conn.close()
+
+
+def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, address: Optional[str] = None,
+            progress: bool = True, log=print) -> dict:
+    """Train, test and re-measure every model; resumable (finished models are skipped).
+
+    ``address`` (the command line's ``--address``) overrides ``search.ray.address``: where the
+    latency device is (:func:`latency_session`). ``spec.workers`` models train at a time."""
     run_dir = Path(run_dir)
     out = RunFolder(run_dir).retrain
     out.mkdir(parents=True, exist_ok=True)
-    models = _models(run_dir, exp, spec, log=log)
+    cluster_address(exp, address)  # a wrong --address fails before any work
+    models = _models(run_dir, exp, spec, address=address, log=log)
     results_path = out / "results.jsonl"
     config = TrainConfig(**{"seed": exp.search.seed, **spec.train})
     recipe = _recipe(exp, spec, config.to_dict())
@@ -245,54 +512,73 @@ def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, progress
     if spec.baselines_from:
         todo = {name for name, kind, _ in models if kind == "baseline" and name not in done}
         for row in _reuse_baselines(spec, recipe, todo, log):
-            with results_path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_row(results_path, row)
             done[row["name"]] = row
             log(f"retrain: {row['name']} reused from {row['reused_from']} (same recipe): "
                 f"{row['test_acc']:.4f} test")
-    data_cache: dict[int, Any] = {}
+    data_cache: dict[tuple[int, int], Any] = {}
 
     def data_for(arch: Architecture):
-        if arch.input_size not in data_cache:
-            data_cache[arch.input_size] = recipe_data(exp, spec, arch)
-        return data_cache[arch.input_size]
+        key = (arch.input_size, arch.in_channels)
+        if key not in data_cache:
+            data_cache[key] = recipe_data(exp, spec, arch)
+        return data_cache[key]
 
+    todo = []
     for name, kind, arch in models:
         if name in done:
+            state_path(out / name / "weights.pt").unlink(missing_ok=True)  # left by a kill after its row
             log(f"retrain: {name} already trained ({done[name]['test_acc']:.4f} test), skipped")
-            continue
-        data = data_for(arch)
-        log(f"retrain: {name} ({kind}) for {config.epochs} epochs on {len(data.train)} images ...")
-        t0 = time.perf_counter()
-        res, test_acc, test_loss = train_and_test(arch, data, config, out / name / "weights.pt")
+        else:
+            todo.append((name, kind, arch))
+    started: dict[str, float] = {}
+
+    def on_start(name: str, kind: str, train_images: int) -> None:
+        started[name] = time.perf_counter()
+        saved = state_path(out / name / "weights.pt").is_file()  # a killed training: it resumes there
+        log(f"retrain: {name} ({kind}) for {config.epochs} epochs on {train_images} images"
+            f"{', resuming after its last finished epoch' if saved else ''} ...")
+
+    def on_done(name, kind, arch, res, test_acc, test_loss, train_images) -> None:
         p = profile(arch)
         row = {"name": name, "kind": kind, "arch": arch.to_dict(), "params": p.params,
                "mflops": round(p.mflops, 3), "val_acc": res.accuracy, "test_acc": test_acc,
                "test_loss": test_loss, "train_seconds": round(res.seconds, 1),
-               "epochs": res.epochs, "train_images": len(data.train), "config": config.to_dict(),
+               "epochs": res.epochs, "train_images": train_images, "config": config.to_dict(),
                "recipe": recipe}
         (out / name).mkdir(exist_ok=True)
         arch.to_yaml(out / name / "architecture.yaml")
-        with results_path.open("a") as fh:  # one whole line per finished model
-            fh.write(json.dumps(row) + "\n")
+        append_row(results_path, row)  # one whole line per finished model, written here only
+        state_path(out / name / "weights.pt").unlink(missing_ok=True)
         done[name] = row
-        log(f"retrain: {name}: test accuracy {test_acc:.4f} in {time.perf_counter() - t0:.0f} s")
+        log(f"retrain: {name}: test accuracy {test_acc:.4f} in {time.perf_counter() - started[name]:.0f} s")
 
-    target, protocol = _target_and_protocol(exp)
-    log(f"retrain: re-measuring {len(models)} models in one session ({target.runtime}, "
-        f"{target.threads} thread(s)) ...")
+    workers = min(spec.workers, len(todo))
+    if workers > 1:
+        cores = os.cpu_count() or 1
+        log(f"retrain: {len(todo)} models, {workers} at a time (a process each, {config.threads} thread(s) "
+            f"each), largest first" + (f"; that is more threads than this machine's {cores} cores"
+                                       if workers * config.threads > cores else ""))
+        _train_in_pool(todo, exp, spec, config, out, workers, on_start, on_done)
+    else:
+        _train_here(todo, config, out, data_for, on_start, on_done)
+
+    target, _ = _target_and_protocol(exp)
     latency = {}
-    with MeasurementWorker(target, protocol) as worker:
+    with latency_session(exp, address) as (measure, where):
+        log(f"retrain: re-measuring {len(models)} models in one session ({target.runtime}, "
+            f"{target.threads} thread(s)) on {where} ...")
         for name, _, arch in models:
-            latency[name] = worker.latency(arch).to_dict()
+            latency[name] = measure(arch).to_dict()
     atomic_write_json(out / "latency.json", latency)
     rows = [done[n] for n, _, _ in models]
-    summary = summarise(out, rows, latency, spec)
+    summary = summarise(out, rows, latency, spec, measured_on=where)
     summary["deploy"] = str(deploy(run_dir, rows, latency, data_for, log=log))
     return summary
 
 
-def summarise(out: Path, rows: list[dict], latency: dict, spec: RetrainSpec) -> dict:
+def summarise(out: Path, rows: list[dict], latency: dict, spec: RetrainSpec, *,
+              measured_on: Optional[str] = None) -> dict:
     for r in rows:
         lat = latency[r["name"]]
         r["latency_ms"], r["latency_iqr_rel"] = lat["median_ms"], lat["iqr_rel"]
@@ -312,7 +598,8 @@ def summarise(out: Path, rows: list[dict], latency: dict, spec: RetrainSpec) -> 
             "searched_test_acc": best["test_acc"] if best else None,
             "wins": bool(best and best["test_acc"] > b["test_acc"]),
         })
-    summary = {"models": rows, "comparison": verdicts, "latency_tolerance": spec.latency_tolerance}
+    summary = {"models": rows, "comparison": verdicts, "latency_tolerance": spec.latency_tolerance,
+               **({"latency_measured_on": measured_on} if measured_on else {})}
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "table.md", markdown_table(rows, verdicts))
     plot(rows, out / "front.png")
