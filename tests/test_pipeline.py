@@ -304,3 +304,66 @@ def test_proxy_trained_weights_are_named_so(tmp_path):
     rec = TrialRecord(number=3, arch={}, arch_key="k", accuracy=0.5, latency_ms=1.0, epochs=2)
     assert weights_status(rec, exp, True).startswith("proxy-trained (2 epoch(s) of the search's proxy training on digits")
     assert weights_status(rec, exp, False).startswith("untrained (initial weights, the trial's checkpoint is not")
+
+
+def test_latency_is_measured_here_unless_the_search_ran_on_a_cluster(tmp_path):
+    """A local run (optuna, or Ray's private local cluster) measures on this machine; a Ray cluster given
+    by search.ray.address or --address measures on its latency_device node; --address needs the ray backend."""
+    from nas.experiment import ExperimentError, experiment_from_dict
+    from nas.retrain import cluster_address
+    from test_search_common import tiny_experiment as _tiny
+
+    def exp(backend, **ray):
+        raw = yaml.safe_load(_tiny(tmp_path, backend=backend).read_text())
+        if ray:
+            raw["search"]["ray"] = ray
+        return experiment_from_dict(raw, base_dir=tmp_path)
+
+    assert cluster_address(exp("optuna")) is None
+    assert cluster_address(exp("ray")) is None  # the private local cluster is this machine
+    assert cluster_address(exp("ray", address="10.0.0.5:6379")) == "10.0.0.5:6379"
+    assert cluster_address(exp("ray", address="10.0.0.5:6379"), "auto") == "auto"
+    assert cluster_address(exp("ray"), "127.0.0.1:6390") == "127.0.0.1:6390"
+    with pytest.raises(ExperimentError, match=r"^--address: applies to the ray backend only"):
+        cluster_address(exp("optuna"), "auto")
+
+
+@pytest.mark.slow  # a private Ray cluster, and the whole `shufflenas run` it retrains
+def test_retrain_on_a_cluster_measures_through_the_latency_actor(finished_run, tmp_path, monkeypatch):
+    """With the search on a Ray cluster, the pick and the final re-measurement run in the latency actor's
+    measurement worker on the latency_device node, not in a measurement worker on this machine."""
+    ray = pytest.importorskip("ray")
+    import nas.retrain
+    from evaluators.latency import LatencyTarget, MeasurementProtocol
+    from evaluators.latency.ray_actor import LatencyActorHandle
+    from evaluators.ray_cluster import start_private_cluster
+    from nas.experiment import experiment_from_dict
+    from test_search_common import QUICK_PROTOCOL
+
+    run_root, _, raw, _ = finished_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(run_root / "run", run_dir, ignore=shutil.ignore_patterns("deploy", "candidates.json"))
+
+    def here(*_, **__):
+        raise AssertionError("measured on this machine")
+
+    monkeypatch.setattr(nas.retrain, "MeasurementWorker", here)
+    start_private_cluster(num_cpus=2, resources={"latency_device": 1})  # loopback only
+    try:
+        address = ray.get_runtime_context().gcs_address
+        exp = experiment_from_dict({**raw, "output": str(run_dir),
+                                    "search": {**raw["search"], "backend": "ray", "ray": {"address": address}}},
+                                   base_dir=tmp_path)
+        # the actor lives while its creator's handle does: created here, so that the test can ask it afterwards
+        keep = LatencyActorHandle(LatencyTarget(), protocol=MeasurementProtocol(**QUICK_PROTOCOL))
+        actor = keep.call("info")
+        logs = []
+        summary = nas.retrain.retrain(run_dir, exp, exp.retrain, log=logs.append)
+    finally:
+        ray.shutdown()
+    assert "latency_device" in summary["latency_measured_on"] and address in summary["latency_measured_on"]
+    assert sum(f"on {summary['latency_measured_on']}" in m for m in logs) == 2  # the pick, the re-measurement
+    latency = json.loads((run_dir / "retrain" / "latency.json").read_text())
+    assert latency and {r["extra"]["worker_pid"] for r in latency.values()} == {actor["worker_pid"]}
+    picked = json.loads((run_dir / "retrain" / "candidates.json").read_text())
+    assert set(picked["baselines_ms"]) == {"shufflenet_v2_x0_5_cifar"}
