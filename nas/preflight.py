@@ -38,8 +38,10 @@ What it checks:
   of the seeds, a partial one (a killed build) is resumed by the search;
 * ``seeds``: each one fits (classes; inside the supernet's space);
 * ``retrain``: its training settings construct;
-* the run folder can be created, the Optuna storage is reachable (an RDB
-  URL connects; a SQLite or journal file's folder is writable);
+* the run folder can be created, the Optuna storage is one the search can
+  lock (a journal, ``sqlite:///`` or ``postgresql://``: an unsupported scheme
+  is named before a missing driver) and is reachable (an RDB URL connects; a
+  SQLite or journal file's folder is writable);
 * Ray: the resources a trial asks for exist (on the private local cluster:
   CPUs and GPUs of this machine; on a cluster given by ``address``: a node
   that offers them, and a node that offers ``latency_device``, which every
@@ -74,6 +76,7 @@ from search_space.blocks import iter_blocks
 from search_space.errors import ShuffleNASError
 from search_space.validation import one_line
 
+from .backends.optuna import storage_kind
 from .experiment import Experiment, ExperimentError
 from .objective import LUT_HOST_OVERRIDE
 from .run_folder import RunFolder
@@ -387,6 +390,10 @@ def _check_storage(exp: Experiment, resume: bool) -> None:
         if resume and journal.exists() and not os.access(journal, os.R_OK | os.W_OK):
             raise _fail(field, f"the journal {journal} is not readable and writable by this user")
         return
+    try:  # the kind of database first: installing a driver for one the search cannot lock would not help
+        storage_kind(exp)
+    except ExperimentError as exc:
+        raise PreflightError(str(exc)) from None
     import sqlalchemy  # (optional heavy dependency: only for RDB storages)
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError

@@ -419,6 +419,15 @@ def test_storage_must_be_reachable(tmp_path):
     assert not (tmp_path / "s.db").exists()  # checked, not created
 
 
+def test_an_unsupported_storage_scheme_is_named_before_a_missing_driver(tmp_path):
+    """mysql:// and oracle:// have no driver here either; the user must hear that the search cannot use
+    them at all (no lock keeps the budget exact there), not be sent to install a driver; no password shown."""
+    for url in ("mysql://me:secret@127.0.0.1/db", "oracle+cx_oracle://me:secret@127.0.0.1/db"):
+        msg = refused(tmp_path, "search.optuna.storage", "is not a postgresql:// or sqlite:/// URL", url.split(":")[0],
+                      search={"trials": 2, "optuna": {"storage": url}})
+        assert "no database driver" not in msg and "secret" not in msg
+
+
 def test_memory_limit_needs_proc(tmp_path, monkeypatch):
     import nas.preflight
 

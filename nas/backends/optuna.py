@@ -41,6 +41,7 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
 
 from search_space import Architecture
@@ -69,6 +70,14 @@ def _rdb_engine(url: str, **kw):
                               f"or name an installed one in the URL, e.g. postgresql+psycopg2://") from None
 
 
+def _shown(url: str) -> str:
+    """``url`` as an error message may show it: without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url  # not URL-shaped: no password in it to hide
+
+
 def storage_kind(exp: Experiment) -> str:
     """journal (the default), sqlite or postgresql: the storages :class:`StudyLock` can lock."""
     url = exp.search.optuna.storage
@@ -77,7 +86,7 @@ def storage_kind(exp: Experiment) -> str:
     for kind in ("sqlite", "postgresql"):
         if url.startswith(kind + ":") or url.startswith(kind + "+"):
             return kind
-    raise ExperimentError(f"search.optuna.storage: {url!r} is not a postgresql:// or sqlite:/// URL "
+    raise ExperimentError(f"search.optuna.storage: {_shown(url)!r} is not a postgresql:// or sqlite:/// URL "
                           f"(the trial budget is kept exact by a lock only these two provide here)")
 
 
