@@ -90,7 +90,7 @@ def run_search(exp: Experiment, *, resume: bool = False, address: str | None = N
     breaker = Breaker(exp.search.stop_after_failures, [r.trial_id for r in run.read_records()])
     bar = Progress(exp, progress)
     backend = backend_class(exp.search.backend)(exp, run, resume=resume, address=address, breaker=breaker,
-                                                on_records=bar)
+                                                on_records=bar, progress=progress)
     try:
         with redirect_stdout(sys.stderr), backend:
             backend.seed()

@@ -155,3 +155,64 @@ def test_search_on_a_cluster_takes_its_lut_through_the_actor(ray_local, tmp_path
         load_or_build_lut(exp(), space)
     assert load_or_build_lut(exp(lut_host_check=False), space).host["hostname"] == "elsewhere"
     assert len(calls) == 3
+
+
+def _ray_experiment(tmp_path, **latency):
+    import yaml
+
+    from nas.experiment import experiment_from_dict
+
+    return experiment_from_dict({"space": yaml.safe_load(MICRO_SPACE), "output": str(tmp_path / "run"),
+                                 "search": {"backend": "ray"}, "latency": latency}, base_dir=tmp_path)
+
+
+def test_ray_backend_loads_its_lut_through_the_actor_it_measures_with(tmp_path, monkeypatch):
+    """RayBackend.open makes the latency actor's handle first and loads or builds the table through it, with
+    the search's progress flag: one actor (one measurement worker on the device node) for the build and the
+    search, and a build there shows its progress. Cluster and table stubbed; the real path: the test above."""
+    pytest.importorskip("ray")
+    import nas.backends.ray as rb
+    from nas.backends import Breaker
+    from nas.run_folder import RunFolder
+
+    calls, connected = [], []
+    monkeypatch.setattr(rb, "init_ray", lambda address, exp: False)  # (as if already connected)
+    monkeypatch.setattr(rb, "load_or_build_lut", lambda exp, space, **kw: calls.append(kw) or "the table")
+    monkeypatch.setattr(rb.ActorLatency, "connect", lambda self: connected.append(self) or self)
+    exp = _ray_experiment(tmp_path, mode="lut", lut=str(tmp_path / "lut.json"))
+    for progress in (True, False):
+        with rb.RayBackend(exp, RunFolder(exp.output), resume=False, breaker=Breaker(0), progress=progress) as b:
+            assert b.lut == "the table"
+            assert calls[-1] == {"progress": progress, "device": b.latency.handle}
+            assert connected[-1] is b.latency  # the front is re-measured through that same handle
+    assert len(calls) == 2 and not (tmp_path / "run").exists()
+
+
+def test_joining_a_cluster_without_the_device_node_stops_in_every_latency_mode(tmp_path, monkeypatch):
+    """init_ray on ``--address``: measured candidates, a table loaded or built through the device node's
+    actor and the re-measured front all need the node offering latency_device, so no mode joins without
+    it (one line, Ray shut down again). Ray's own calls stubbed: no cluster is started."""
+    ray = pytest.importorskip("ray")
+    import nas.backends.ray as rb
+    from nas.experiment import ExperimentError
+
+    events, offered = [], []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: events.append(("init", kw["address"])))
+    monkeypatch.setattr(ray, "shutdown", lambda: events.append(("shutdown",)))
+    monkeypatch.setattr(rb, "offering_nodes", lambda resource: offered)
+    lut = str(tmp_path / "lut.json")
+    modes = {"measured": _ray_experiment(tmp_path),
+             "lut": _ray_experiment(tmp_path, mode="lut", lut=lut),
+             "lut, front not re-measured": _ray_experiment(tmp_path, mode="lut", lut=lut, remeasure_front=False)}
+    for mode, exp in modes.items():
+        events.clear()
+        with pytest.raises(ExperimentError) as info:
+            rb.init_ray("127.0.0.1:6379", exp)
+        msg = str(info.value)
+        assert "no node of the Ray cluster at 127.0.0.1:6379 offers the 'latency_device'" in msg, mode
+        assert "\n" not in msg and events == [("init", "127.0.0.1:6379"), ("shutdown",)], mode
+    offered.append("device-node")
+    for exp in modes.values():
+        events.clear()
+        assert rb.init_ray("127.0.0.1:6379", exp) is True and events == [("init", "127.0.0.1:6379")]

@@ -7,8 +7,8 @@ where files go (:class:`nas.run_folder.RunFolder`), or when a broken experiment
 stops the search (:class:`Breaker`). :func:`nas.search.run_search` drives one
 backend through its whole lifecycle, once per search or ``--resume``::
 
-    backend = backend_class(exp.search.backend)(exp, run, resume=..., address=...,
-                                                breaker=breaker, on_records=progress)
+    backend = backend_class(exp.search.backend)(exp, run, resume=..., address=..., breaker=breaker,
+                                                on_records=bar, progress=...)
     with backend:                  # open(): storage / cluster up ... close(): always, even after an error
         backend.seed()             # the experiment's seed architectures (once per run folder)
         backend.search()           # trials until the budget, the deadline or the breaker
@@ -29,6 +29,10 @@ Contract of each step:
   not scored again. After each change ``on_records(all records)`` is called in the
   driver's process; ``breaker.check(records)`` is consulted before each new trial.
 * ``measure(arch)`` is a real measurement on the target device, in ms.
+
+``progress`` is the search's own flag (its progress bar on stderr): a backend that
+does long one-off work in :meth:`open` (the Ray backend building a lookup table on
+the device node) shows its progress when it is set.
 """
 
 from __future__ import annotations
@@ -123,13 +127,14 @@ class SearchBackend(ABC):
     name: ClassVar[str]
 
     def __init__(self, exp: Experiment, run: RunFolder, *, resume: bool, breaker: Breaker,
-                 on_records: Optional[OnRecords] = None, address: Optional[str] = None):
+                 on_records: Optional[OnRecords] = None, address: Optional[str] = None, progress: bool = False):
         self.exp = exp
         self.run = run
         self.resume = resume
         self.breaker = breaker
         self.on_records = on_records or (lambda recs: None)
         self.address = address
+        self.progress = progress
 
     @abstractmethod
     def open(self) -> None: ...

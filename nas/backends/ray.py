@@ -327,7 +327,9 @@ def init_ray(address: Optional[str], exp: Experiment) -> bool:
         return False
     if address:
         ray.init(address=address, logging_level="error", log_to_driver=False)
-        if not offering_nodes(LATENCY_RESOURCE) and exp.latency.mode == "measured":
+        # every latency mode needs the device node: measured candidates, a lookup table loaded or
+        # built through its actor, the front re-measured there (as nas.preflight checks)
+        if not offering_nodes(LATENCY_RESOURCE):
             ray.shutdown()
             raise ExperimentError(f"no node of the Ray cluster at {address} offers the '{LATENCY_RESOURCE}' "
                                   f"resource; start the target device's node with "
@@ -349,10 +351,13 @@ class RayBackend(SearchBackend):
         self.space = self.exp.load_space()
         if init_ray(self.address or self.exp.search.ray.address, self.exp):
             self._stack.callback(ray.shutdown)
-        self.lut = load_or_build_lut(self.exp, self.space) if self.exp.latency.mode == "lut" else None
+        # One actor, created through this handle by the driver so that it lives as long as the search,
+        # loads or builds the table (progress shown on the device node's build) and measures.
         self.latency = ActorLatency(self.exp)
+        self.lut = load_or_build_lut(self.exp, self.space, progress=self.progress, device=self.latency.handle) \
+            if self.exp.latency.mode == "lut" else None
         if self.exp.latency.mode == "measured" or self.exp.latency.remeasure_front:
-            self.latency.connect()  # created by the driver so that it lives as long as the search
+            self.latency.connect()
 
     def seed(self) -> None:
         """Out-of-space seeds scored as Ray tasks before the search (in-space ones: the searcher's queue)."""
