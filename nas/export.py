@@ -40,14 +40,13 @@ from search_space.io import atomic_write_json, atomic_write_text, dump_yaml
 from . import pareto
 from . import records as R
 from .experiment import METRICS, Experiment
+from .objective import load_or_build_lut
 from .run_folder import DEPLOY, FRONT_JSON, RunFolder
 
 
 def _lut_breakdown(exp: Experiment, arch: Architecture) -> dict | None:
     if exp.latency.mode != "lut":
         return None
-    from .objective import load_or_build_lut
-
     lut = load_or_build_lut(exp, exp.load_space())
     return lut.breakdown(arch)
 

@@ -8,6 +8,7 @@ drawn with matplotlib's Agg backend.
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 from pathlib import Path
@@ -114,8 +115,6 @@ def _front_table(exp, front) -> str:
 
 
 def _png(exp, recs, front, path: Path) -> None:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
