@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import TINY_SPACE
-from test_preflight import fake_cifar, fake_idx, fake_lut, fake_supernet, truncated
+from test_preflight import elsewhere, fake_cifar, fake_idx, fake_lut, fake_supernet, truncated
 from shufflenas.cli import main
 
 
@@ -234,6 +234,9 @@ CANNOT_RUN = [
         t, latency={"mode": "lut", "lut": str(fake_lut(t, threads=2))})], "latency.lut"),
     ("lookup table of part of the space", lambda t: ["search", fresh(
         t, latency={"mode": "lut", "lut": str(fake_lut(t, drop=5))})], "latency.lut"),
+    ("lookup table measured on another host", lambda t: ["search", fresh(
+        t, latency={"mode": "lut", "lut": str(fake_lut(t, host=elsewhere()))})],
+     ("error: latency.lut: ", "built on elsewhere-7", "latency.lut_host_check: false")),
     ("supernet checkpoint of another space", lambda t: ["search", fresh(t, accuracy={
         "method": "supernet", "checkpoint": str(fake_supernet(t, TINY_SPACE.replace("[32, 48]", "[32]")))})],
      "accuracy.checkpoint"),
@@ -274,7 +277,8 @@ def test_cannot_run_is_refused_before_the_first_trial(desc, argv, words, workdir
     lines = err.strip().splitlines()
     assert rc == 2, f"{desc}: exit {rc}, stderr {err[-500:]!r}"
     assert len(lines) == 1 and lines[0].startswith("shufflenas: error:"), f"{desc}: {err[-800:]!r}"
-    assert words in lines[0], f"{desc}: {lines[0]!r} does not name {words!r}"
+    for word in (words,) if isinstance(words, str) else words:
+        assert word in lines[0], f"{desc}: {lines[0]!r} does not name {word!r}"
     assert not (tmp_path / "new_run").exists() and not (tmp_path / "afile").is_dir(), f"{desc}: run folder created"
     assert snapshot(run) == before
 
