@@ -21,19 +21,22 @@ file checked against PyTorch, its test accuracy and latency (:mod:`nas.deploy`).
 
 Parallel training (``retrain.workers: N``, or ``--workers N``): up to N models
 train at a time, each in its own process (multiprocessing, spawn) with the
-recipe's own ``threads``; the largest (multiply-adds) start first, so the last
-ones end together. Each process loads the data once and keeps it for every
-model it trains. Only this process writes ``results.jsonl``, one whole line per
-model as it finishes. A process ends with its parent (a killed or interrupted
-run leaves no training behind), and every training saves its state after each
-epoch (``retrain/NAME/weights.state.pt``, removed once its row is written), so
-a rerun resumes each unfinished model from its last finished epoch. On the CPU
-a model gets the same weights and accuracies, bit for bit, with any N: each
-training seeds itself and runs on the recipe's thread count. A training error
-in a process stops the others and is raised here as it was raised there (one
-line for bad input). Measured on this 2-core machine: one training reads about
-280 images/s on 1 thread and 380 on 2 (shufflenet_v2_x0_5_cifar, shared/NOTES.md),
-so two 1-thread trainings at a time should do more than one 2-thread training.
+recipe's own ``threads``; the largest (multiply-adds) start first, so that the
+last ones end close together. Each process loads the data once and keeps it
+for every model it trains (CIFAR-10: 60k uint8 images, 184 MB a process). Only
+this process writes ``results.jsonl``, one whole line per model as it finishes.
+A process ends with
+its parent (Ctrl-C or a kill of the run leaves no training behind), and every
+training saves its state after each epoch (``retrain/NAME/weights.state.pt``,
+removed once its row is written), so a rerun resumes each unfinished model from
+its last finished epoch. On the CPU a model gets the same weights and accuracies,
+bit for bit, whatever N (each training seeds itself and runs on the recipe's
+thread count; tested with 1 and 2 workers at 1 thread). A training error in a
+process stops the others and is raised here as it was raised there (one line
+for bad input). Why: on this 2-core machine one training reads about 280
+images/s on 1 thread and 380 on 2 (shufflenet_v2_x0_5_cifar, shared/NOTES.md),
+so ``workers: 2`` with ``threads: 1`` should train more images per second than
+one training on 2 threads (two at once not measured yet).
 
 Latency on a Ray cluster: when the experiment's search ran on one
 (``search.backend: ray`` with ``search.ray.address``, or ``--address``), the
@@ -455,8 +458,9 @@ def _train_in_pool(todo, exp: Experiment, spec: RetrainSpec, config, out: Path, 
     try:
         for _ in range(min(workers, len(queue))):
             mine, theirs = ctx.Pipe()
+            # not a daemon: a training may start processes of its own (a streamed dataset's loader workers)
             proc = ctx.Process(target=_train_worker, args=(theirs, exp, spec, config, str(out)),
-                               name="shufflenas-retrain", daemon=True)
+                               name="shufflenas-retrain")
             proc.start()
             theirs.close()
             slots.append(_Slot(proc, mine))

@@ -329,6 +329,7 @@ def test_latency_is_measured_here_unless_the_search_ran_on_a_cluster(tmp_path):
 
 
 @pytest.mark.slow  # a private Ray cluster, and the whole `shufflenas run` it retrains
+@pytest.mark.timeout(600)
 def test_retrain_on_a_cluster_measures_through_the_latency_actor(finished_run, tmp_path, monkeypatch):
     """With the search on a Ray cluster, the pick and the final re-measurement run in the latency actor's
     measurement worker on the latency_device node, not in a measurement worker on this machine."""

@@ -37,14 +37,16 @@ def _archs(n: int) -> list[dict]:
     raise AssertionError("the tiny space has fewer architectures than asked for")
 
 
-def make_run(tmp: Path, name: str, archs: list[dict], *, workers: int, epochs: int = EPOCHS, subset: int = 400):
+def make_run(tmp: Path, name: str, archs: list[dict], *, workers: int, epochs: int = EPOCHS,
+             subset: int | None = 400, data: str = "digits", **train):
     """A run folder whose pick is ``archs`` (no baselines) and its experiment; returns (run_dir, exp)."""
     from nas.experiment import experiment_from_dict
     from nas.run_folder import RunFolder
 
     raw = yaml.safe_load(tiny_experiment(tmp, name=name, output=name).read_text())
+    raw["data"] = data
     raw["retrain"] = {"baselines": [], "candidates": len(archs), "subset": subset, "workers": workers,
-                      "train": {"epochs": epochs, "batch_size": 32, "augment": False}}
+                      "train": {"epochs": epochs, "batch_size": 32, "augment": False, **train}}
     exp = experiment_from_dict(raw, base_dir=tmp)
     run = RunFolder(exp.output)
     run.prepare(exp, resume=False)
@@ -84,6 +86,7 @@ def same_results(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow  # two retrainings of four models
+@pytest.mark.timeout(900)  # minutes on a loaded 2-core host: each process imports torch
 def test_two_workers_give_the_same_rows_and_weights(tmp_path):
     """Four models, two at a time in spawned processes: every row (but the wall time) and every weight
     as in process, one line per model in results.jsonl."""
@@ -105,10 +108,40 @@ def test_two_workers_give_the_same_rows_and_weights(tmp_path):
     assert sum("2 at a time" in m for m in logs) == 1 and not any("at a time" in m for m in one_logs)
 
 
-@pytest.mark.slow  # a retraining killed and run again, in fresh interpreters
-def test_killed_run_leaves_no_training_and_resumes_to_the_same_results(tmp_path):
-    """SIGKILL the parent while two models train, each with most of its epochs ahead: both training
-    processes end without finishing them, the rows written stay, and the rerun resumes every model from its
+def _stop_mid_epoch(run_dir: Path, log: Path, stop) -> tuple[int, str]:
+    """Run ``shufflenas retrain RUN_DIR``; once a model has saved an epoch in this run, ``stop(proc)``;
+    wait until every process the command had started is gone. Returns its exit status and output."""
+    t0 = time.time()
+    proc = start_cli("retrain", run_dir, cwd=log.parent, log=log)
+    try:
+        deadline = time.time() + 300
+        while not any(p.stat().st_mtime > t0 for p in (run_dir / "retrain").glob("*/weights.state.pt")):
+            assert proc.poll() is None, log.read_text()[-2000:]
+            assert time.time() < deadline, "no epoch finished within 300 s"
+            time.sleep(0.05)
+        children = _children(proc.pid)
+        assert len(children) >= 2, children  # the training processes (and multiprocessing's resource tracker)
+        stop(proc)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left, deadline = children, time.time() + 120
+    while left and time.time() < deadline:  # a killed parent: each notices within about a second
+        time.sleep(0.2)
+        left = [pid for pid in left if _alive(pid)]
+    assert not left, f"processes left running after the command ended: {left}"
+    # had they trained on, each would have finished its model (weights.pt) before it found its parent gone
+    assert not (run_dir / "retrain" / "results.jsonl").exists()
+    assert not list((run_dir / "retrain").glob("*/weights.pt"))
+    return code, log.read_text()
+
+
+@pytest.mark.slow  # a retraining interrupted, killed and run again, in fresh interpreters
+@pytest.mark.timeout(1200)
+def test_interrupted_or_killed_run_leaves_no_training_and_resumes_to_the_same_results(tmp_path):
+    """Ctrl-C, then SIGKILL of the parent, while two models train, each with most of its epochs ahead:
+    both times the training processes end without finishing them; the rerun resumes every model from its
     saved epoch to the weights of an uninterrupted run."""
     from nas.retrain import retrain
 
@@ -116,35 +149,17 @@ def test_killed_run_leaves_no_training_and_resumes_to_the_same_results(tmp_path)
     one, exp = make_run(tmp_path, "one", archs, workers=1, epochs=epochs, subset=subset)
     retrain(one, exp, exp.retrain, log=lambda _: None)
     run_dir, _ = make_run(tmp_path, "killed", archs, workers=2, epochs=epochs, subset=subset)
-    proc = start_cli("retrain", run_dir, cwd=tmp_path, log=tmp_path / "first.log")
-    try:
-        states, deadline = [], time.time() + 300
-        while not states:  # kill once a model has finished an epoch (its state is saved)
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
-            assert time.time() < deadline, "no epoch finished within 300 s"
-            time.sleep(0.05)
-            states = list((run_dir / "retrain").glob("*/weights.state.pt"))
-        children = _children(proc.pid)
-        assert len(children) >= 2, children  # the training processes (and multiprocessing's resource tracker)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    left, deadline = children, time.time() + 120
-    while left and time.time() < deadline:  # each notices within about a second that its parent is gone
-        time.sleep(0.2)
-        left = [pid for pid in left if _alive(pid)]
-    assert not left, f"processes left running after the parent was killed: {left}"
-    # had they trained on, each would have finished its model (weights.pt) before it found its parent gone
-    assert not (run_dir / "retrain" / "results.jsonl").exists()
-    assert not list((run_dir / "retrain").glob("*/weights.pt"))
+
+    code, out = _stop_mid_epoch(run_dir, tmp_path / "first.log", lambda p: os.killpg(p.pid, signal.SIGINT))
+    assert code == 130 and out.rstrip().endswith("shufflenas: interrupted") and "Traceback" not in out
+    code, _ = _stop_mid_epoch(run_dir, tmp_path / "second.log", lambda p: os.kill(p.pid, signal.SIGKILL))
+    assert code == -signal.SIGKILL
     halfway = {p.parent.name for p in (run_dir / "retrain").glob("*/weights.state.pt")}
     assert halfway  # at least the model whose epoch was seen
 
-    again = start_cli("retrain", run_dir, cwd=tmp_path, log=tmp_path / "second.log")
-    assert again.wait(timeout=900) == 0, (tmp_path / "second.log").read_text()[-3000:]
-    log = (tmp_path / "second.log").read_text()
+    again = start_cli("retrain", run_dir, cwd=tmp_path, log=tmp_path / "third.log")
+    assert again.wait(timeout=900) == 0, (tmp_path / "third.log").read_text()[-3000:]
+    log = (tmp_path / "third.log").read_text()
     for name in halfway:  # not started again from scratch
         assert f"retrain: {name} (searched) for {epochs} epochs on 1294 images, resuming after its last " \
                f"finished epoch ..." in log
@@ -174,6 +189,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow  # spawns training processes
+@pytest.mark.timeout(600)
 def test_a_training_error_in_a_worker_is_the_same_one_line_error(tmp_path, cli):
     """A model that cannot train (10-class data, 5-class network) fails with the same exception and
     message in a worker as in process; the CLI prints it as one line and exits 2."""
@@ -193,6 +209,21 @@ def test_a_training_error_in_a_worker_is_the_same_one_line_error(tmp_path, cli):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().splitlines()[-1] == f"shufflenas: error: {' '.join(messages[0].split())}"
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow  # spawns training processes
+@pytest.mark.timeout(600)
+def test_a_worker_may_stream_a_folder_with_loader_processes(tmp_path):
+    """A training process may start processes of its own: a streamed folder's loader workers."""
+    from imagenet_folder import make_imagenet_folder
+    from nas.retrain import retrain
+
+    folder = make_imagenet_folder(tmp_path / "images", classes=3, train_per_class=12, val_per_class=4)
+    archs = [{**a, "num_classes": 3} for a in _archs(2)]
+    run_dir, exp = make_run(tmp_path, "folder", archs, workers=2, epochs=1, subset=None, data=f"folder:{folder}",
+                            loader_workers=1)
+    summary = retrain(run_dir, exp, exp.retrain, log=lambda _: None)
+    assert {m["name"] for m in summary["models"]} == {"trial0", "trial1"} == set(rows(run_dir))
 
 
 def test_append_row_drops_a_line_cut_by_a_kill(tmp_path):
