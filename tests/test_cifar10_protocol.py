@@ -69,7 +69,7 @@ def test_protocol_registers_before_the_run_and_refuses_a_changed_experiment(tmp_
     # fidelity: the search's score of every retrained network it scored against its final validation accuracy
     picked = {m["name"]: m["search_accuracy"] for m in json.loads((run / "retrain" / "candidates.json").read_text())["searched"]}
     seeded = {r.seed: r.accuracy for r in RunFolder(run).read_records() if r.seed and r.usable}
-    final = {r["name"]: r["val_acc"] for r in map(json.loads, (run / "retrain" / "results.jsonl").read_text().split())}
+    final = {r["name"]: r["val_acc"] for r in map(json.loads, (run / "retrain" / "results.jsonl").read_text().splitlines())}
     score = {**seeded, **picked}
     names = sorted(n for n in score if n in final)
     fid = json.loads((run / "fidelity.json").read_text())

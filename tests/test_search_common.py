@@ -60,11 +60,19 @@ def front_from_csv(csv_path: Path) -> set[str]:
     return {a["arch_key"] for a in cand if not any(dominates(b, a) for b in cand if b is not a)}
 
 
+def _as_from_a_terminal() -> None:
+    # a test run started in the background by a non-interactive shell (nohup cmd &) inherits SIGINT
+    # ignored, and Python then installs no Ctrl-C handler: give the command a terminal's default
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(*args, cwd: Path, log: Path) -> subprocess.Popen:
-    """``python -m shufflenas ARGS`` in its own process group (killable with all its children)."""
+    """``python -m shufflenas ARGS`` in its own process group (killable with all its children), with
+    Ctrl-C (SIGINT) handled as in a terminal."""
     fh = open(log, "w")
     return subprocess.Popen([sys.executable, "-m", "shufflenas", *map(str, args)], cwd=cwd, stdout=fh,
-                            stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_as_from_a_terminal,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def wait_for_records(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 240) -> list[dict]:
