@@ -282,9 +282,11 @@ class OptunaBackend(SearchBackend):
         if self.address:
             raise ExperimentError("--address applies to the ray backend only (search.backend: ray)")
         self.lock = StudyLock(self.exp, self.run)
-        self.storage = make_storage(self.exp, self.run)
         self._ctx: Optional[SearchContext] = None
         with self.lock.held():  # one creator and one recovery at a time
+            # an RDB storage creates its tables when constructed: processes sharing a fresh database race
+            # on that (PostgreSQL: duplicate key "studydirection"), so it is built under the lock too
+            self.storage = make_storage(self.exp, self.run)
             self.study = open_study(self.exp, self.storage, create=True)
             if self.resume and self.exp.search.optuna.storage is None:
                 # only our own journal: a shared database's RUNNING trials may be other machines' live ones
