@@ -67,7 +67,16 @@ def _projection(cfg: UnitBlock) -> nn.Sequential:
 
 
 class _SplitUnit(nn.Module):
-    """Channel split (stride 1) or projection branch (stride 2), main branch, concat, shuffle."""
+    """Channel split (stride 1) or projection branch (stride 2), main branch, concat, shuffle.
+
+    The projection branch (``branch1``) is registered here, before a subclass adds its main branch
+    (``branch2``): torchvision's state_dict order."""
+
+    def __init__(self, cfg: UnitBlock):
+        super().__init__()
+        self.stride, self.identity = cfg.stride, cfg.identity_channels
+        if cfg.stride == 2:
+            self.branch1 = _projection(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
@@ -81,12 +90,9 @@ class ShuffleV2Unit(_SplitUnit):
     """ShuffleNet V2 unit, generalised (split ratio, pointwise groups, kernel, SE, h-swish, middle width)."""
 
     def __init__(self, cfg: UnitBlock):
-        super().__init__()
-        self.stride, self.identity = cfg.stride, cfg.identity_channels
+        super().__init__(cfg)
         k, g, act = cfg.kernel, cfg.groups, cfg.act
         cin, mid, out = cfg.branch_in_channels, cfg.mid_channels, cfg.branch_channels
-        if cfg.stride == 2:
-            self.branch1 = _projection(cfg)
         layers: list[nn.Module] = [*conv_bn(cin, mid, 1, groups=g), activation(act)]
         if g > 1:
             layers.append(ChannelShuffle(g))
@@ -115,12 +121,9 @@ class ShuffleXceptionUnit(_SplitUnit):
     """
 
     def __init__(self, cfg: UnitBlock):
-        super().__init__()
-        self.stride, self.identity = cfg.stride, cfg.identity_channels
+        super().__init__(cfg)
         k, g, act = cfg.kernel, cfg.groups, cfg.act
         cin, mid, out = cfg.branch_in_channels, cfg.mid_channels, cfg.branch_channels
-        if cfg.stride == 2:
-            self.branch1 = _projection(cfg)
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(((cin, mid), (mid, mid), (mid, out))):
             layers += [*conv_bn(a, a, k, cfg.stride if i == 0 else 1, groups=a), *conv_bn(a, b, 1, groups=g),
