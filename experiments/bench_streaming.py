@@ -43,7 +43,7 @@ def make_folder(root: Path, n: int, size: int, classes: int, seed: int = 0) -> N
         for i in range(count):
             c = i % classes
             small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)  # upsampled: JPEG-like content
-            img = Image.fromarray(small).resize((size, size), Image.BILINEAR)
+            img = Image.fromarray(small).resize((size, size), Image.Resampling.BILINEAR)
             img.save(root / split / f"class{c:03d}" / f"{i:07d}.jpg", quality=90)
 
 

@@ -85,7 +85,7 @@ def decode_image(path: str | Path, size: int, mode: str, *, augment: bool, flip:
                 box = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
         if im.mode != mode:
             im = im.convert(mode)
-        out = im.resize((size, size), Image.BILINEAR, box=box)
+        out = im.resize((size, size), Image.Resampling.BILINEAR, box=box)
     if augment and flip and rng.random() < 0.5:
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.array(out, dtype=np.uint8).reshape(size, size, -1)  # a writable copy (torch.from_numpy)
