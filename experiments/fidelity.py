@@ -74,7 +74,7 @@ from evaluators.supernet.fidelity import checkpoint_digest  # noqa: E402
 from evaluators.training import PLACEMENT_DEFAULTS, TrainConfig, train  # noqa: E402
 from evaluators.zero_cost import PROXIES, ZeroCostEvaluator  # noqa: E402
 from nas.run_folder import RunFolder  # noqa: E402
-from search_space import Architecture, load_space, profile  # noqa: E402
+from search_space import Architecture, SearchSpace, load_space, profile  # noqa: E402
 from search_space.io import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
 
 SPACE = ROOT / "experiments" / "spaces" / "fidelity.yaml"
@@ -104,10 +104,25 @@ def append(path: Path, record: dict) -> None:
 
 def settings_of(args) -> dict:
     """What the cached ground truth depends on (the supernet's settings live in its checkpoint)."""
-    return {"space": load_space(args.space).to_dict(), "data": args.data, "n": args.n, "seed": args.seed,
+    return {"space": space_of(args.space).to_dict(), "data": args.data, "n": args.n, "seed": args.seed,
             "subset": args.subset, "val_fraction": args.val_fraction, "truth_epochs": args.truth_epochs,
             "recipe": dict(sorted(args.recipe.items())), "lut": str(args.lut) if args.lut else None,
             "pool": args.pool, "truth_from": str(args.truth_from.resolve()) if args.truth_from else None}
+
+
+def space_of(path) -> SearchSpace:
+    """``--space``: a built-in space, a space file, or an experiment file (its search space: the
+    CIFAR-10 comparison's, whose retrained networks ``--truth-from`` imports)."""
+    p = Path(path)
+    if p.is_file() and p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        raw = yaml.safe_load(p.read_text())
+        if isinstance(raw, dict) and "space" in raw and "stages" not in raw:
+            from nas.experiment import load_experiment
+
+            return load_experiment(p).load_space()
+    return load_space(path)
 
 
 def check_settings(args) -> None:
@@ -142,7 +157,7 @@ class Setup:
 
         torch.set_num_threads(args.threads)
         self.args = args
-        self.space = load_space(args.space)
+        self.space = space_of(args.space)
         self.data = load_dataset(args.data, input_size=self.space.spec.input_size,
                                  in_channels=self.space.spec.in_channels, subset=args.subset,
                                  val_fraction=args.val_fraction, seed=args.seed)
@@ -266,7 +281,7 @@ def select_imports(args) -> list[dict] | None:
     if not results.is_file():
         sys.exit(f"fidelity: --truth-from {args.truth_from}: no {results.relative_to(args.truth_from)}; "
                  f"name the folder of a `shufflenas run` whose retraining has finished networks")
-    space, mine = load_space(args.space), truth_recipe(args)
+    space, mine = space_of(args.space), truth_recipe(args)
     rows = {r["name"]: r for r in read_jsonl(results)}  # a name retrained later (another recipe) counts last
     other, outside, kept, keys = [], [], [], set()
     for name, r in rows.items():
@@ -550,7 +565,8 @@ def parse_recipe(items: list[str]) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("phase", choices=["truth", "repeat", "proxies", "supernet", "report", "all"])
-    ap.add_argument("--space", default=str(SPACE))
+    ap.add_argument("--space", default=str(SPACE),
+                    help="a built-in space, a space file, or an experiment file (its space)")
     ap.add_argument("--data", default=f"cifar10:{CIFAR}")
     ap.add_argument("--n", type=int, default=20, help="ground-truth networks")
     ap.add_argument("--pool", type=int, default=2000, help="samples the n networks are picked from")

@@ -118,3 +118,16 @@ def test_truth_from_a_run_of_another_recipe_is_refused_in_one_line_before_anythi
     with pytest.raises(SystemExit) as err:
         fid.main(["truth", *_args(tiny_space_file, tmp_path / "fid", tmp_path / "nothing")])
     assert "no retrain/results.jsonl" in str(err.value.code)
+
+
+def test_space_may_be_given_as_the_experiment_file_whose_run_is_imported(tmp_path, tiny_space):
+    """The CIFAR-10 comparison writes its space inside its experiment file: --space takes that file."""
+    import yaml
+
+    fid = _fidelity_script()
+    exp = tmp_path / "experiment.yaml"
+    exp.write_text(yaml.safe_dump({"name": "e", "space": tiny_space.to_dict(), "data": "digits",
+                                   "accuracy": {"method": "zero_cost"},
+                                   "latency": {"mode": "measured"}}))
+    assert fid.space_of(exp).to_dict() == tiny_space.to_dict()
+    assert fid.space_of("cifar").name == "cifar"  # a built-in space still works
