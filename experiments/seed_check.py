@@ -15,7 +15,8 @@ preset names. Writes ``OUT/seed_check_<run>.json`` (every trained (model, seed),
 comparisons of that run) and ``OUT/seed_check_<run>[_<tag>].txt`` (``--out``, default
 ``experiments/results/cifar10_3epoch``);
 already trained (model, seed) pairs in that JSON are reused, so a killed
-run resumes.
+run resumes (a training cut short resumes from its last finished epoch). The
+trainings run ``retrain.workers`` at a time, as the run's own retraining does.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
 
     from evaluators.training import TrainConfig
     from nas.experiment import load_experiment
-    from nas.retrain import recipe_data, train_and_test
+    from nas.retrain import cached_recipe_data, state_path, train_jobs
     from nas.run_folder import RunFolder
     from search_space import Architecture, presets
     from search_space.io import atomic_write_json, atomic_write_text, read_jsonl
@@ -64,23 +65,28 @@ def main(argv=None) -> int:
     out_json = out_dir / f"seed_check_{exp.name}.json"
     done = json.loads(out_json.read_text())["rows"] if out_json.is_file() else []
     have = {(r["name"], r["seed"]) for r in done}
-    data: dict[int, object] = {}  # per input size, as the run's retraining loads it
-    for seed in args.seeds:
-        for name, arch in archs.items():
-            if (name, seed) in have:
-                continue
-            config = TrainConfig(**{**spec.train, "seed": seed})
-            t0 = time.perf_counter()
-            ckpt = RunFolder(run_dir).retrain / "seeds" / f"{name}_seed{seed}.pt"
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            if arch.input_size not in data:
-                data[arch.input_size] = recipe_data(exp, spec, arch)
-            res, test_acc, _ = train_and_test(arch, data[arch.input_size], config, ckpt)
-            done.append({"name": name, "seed": seed, "val_acc": res.accuracy, "test_acc": test_acc,
-                         "train_seconds": round(time.perf_counter() - t0, 1)})
-            print(f"{name} seed {seed}: test {test_acc:.4f}, val {res.accuracy:.4f}", flush=True)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out_json, {"experiment": exp.name, "rows": done})
+    # every (model, seed) not yet trained, retrain.workers at a time like the run's own retraining;
+    # each resumes from its last finished epoch (RUN_DIR/retrain/seeds/MODEL_seedN/)
+    jobs = {f"{name}_seed{seed}": (name, seed) for seed in args.seeds for name in archs if (name, seed) not in have}
+    todo = [(job, "seed", archs[name], TrainConfig(**{**spec.train, "seed": seed}))
+            for job, (name, seed) in jobs.items()]
+    started: dict[str, float] = {}
+
+    def on_start(job: str, kind: str, train_images: int) -> None:
+        started[job] = time.perf_counter()
+
+    def on_done(job, kind, arch, res, test_acc, test_loss, train_images) -> None:
+        name, seed = jobs[job]
+        done.append({"name": name, "seed": seed, "val_acc": res.accuracy, "test_acc": test_acc,
+                     "train_seconds": round(time.perf_counter() - started[job], 1)})
+        print(f"{name} seed {seed}: test {test_acc:.4f}, val {res.accuracy:.4f}", flush=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_json, {"experiment": exp.name, "rows": done})
+        state_path(seeds_dir / job / "weights.pt").unlink(missing_ok=True)  # recorded: no resume needed
+
+    seeds_dir = RunFolder(run_dir).retrain / "seeds"
+    seeds_dir.mkdir(parents=True, exist_ok=True)
+    train_jobs(todo, exp, spec, seeds_dir, spec.workers, cached_recipe_data(exp, spec), on_start, on_done)
 
     def by_seed(name) -> dict[int, dict]:
         rows = {0: seed0[name]} if name in seed0 else {}

@@ -77,6 +77,7 @@ from search_space.io import atomic_write_json, atomic_write_text, read_jsonl
 from . import records as R
 from .deploy import deploy
 from .experiment import Experiment, ExperimentError, RetrainSpec
+from .objective import arch_key
 from .run_folder import RunFolder
 from .trial_worker import exit_with_parent
 
@@ -156,9 +157,19 @@ def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, address: Optio
         log(f"retrain: retrain.candidates / rival_band / rivals changed; picking again "
             f"(models already trained are kept)")
     records = RunFolder(run_dir).read_records()
-    layers = _layers(records, exp.objectives, spec.candidates)
+    layers = _layers(records, exp.objectives, spec.candidates + len(baselines))
     if not layers:
         raise ExperimentError(f"{run_dir}: the run has no feasible completed trial to retrain")
+    layers, records, twins = without_baselines(layers, records, baselines, spec.candidates)
+    if twins:
+        log("retrain: " + ", ".join(f"trial{n} is {b}" for n, b in twins)
+            + ": trained once, as the baseline")
+    if not layers:
+        log("retrain: every searched network to retrain is a baseline; only the baselines are trained")
+        atomic_write_json(saved, {"candidates": spec.candidates, "rival_band": spec.rival_band,
+                                  "rivals": spec.rivals, "searched": [],
+                                  "same_as_baseline": {f"trial{n}": b for n, b in twins}})
+        return baselines
     front, more = layers[0], layers[1:]
     members = [r for layer in layers for r in layer]
     with latency_session(exp, address) as (measure, where):
@@ -182,9 +193,25 @@ def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, address: Optio
                  "search_latency_ms": r.latency_ms, "measured_ms": searched_ms[r.number],
                  "pareto_layer": layer_of.get(r.number), "arch": r.arch} for r in picks]
     atomic_write_json(saved, {"candidates": spec.candidates, "rival_band": spec.rival_band, "rivals": spec.rivals,
-                              "searched": searched, "baselines_ms": base_ms,
+                              "searched": searched, "same_as_baseline": {f"trial{n}": b for n, b in twins},
+                              "baselines_ms": base_ms,
                               "searched_ms": {str(k): v for k, v in searched_ms.items()}})
     return [(m["name"], "searched", Architecture.from_dict(m["arch"])) for m in searched] + baselines
+
+
+def without_baselines(layers: list[list[R.TrialRecord]], records: list[R.TrialRecord], baselines, n: int):
+    """The layers (cut again to hold ``n`` architectures) and records without the searched networks
+    that equal a baseline (a seed, say): such a network is trained once, as that baseline. Also
+    returns ``[(trial number, baseline name)]`` of those that were in the layers."""
+    names = {arch_key(arch): name for name, _, arch in baselines}
+    twins = sorted({(r.number, names[r.arch_key]) for layer in layers for r in layer if r.arch_key in names})
+    kept, count = [], 0
+    for layer in layers:
+        rest = [r for r in layer if r.arch_key not in names]
+        if rest and count < n:
+            kept.append(rest)
+            count += len(rest)
+    return kept, [r for r in records if r.arch_key not in names], twins
 
 
 def _layers(records, objectives, n: int) -> list[list[R.TrialRecord]]:
@@ -358,9 +385,24 @@ OnStart = Callable[[str, str, int], None]
 OnDone = Callable[..., None]
 
 
-def _train_here(todo, config, out: Path, data_for, on_start: OnStart, on_done: OnDone) -> None:
+#: one training: ``(name, kind, arch, config)``; it writes ``out/NAME/weights.pt`` (and its per-epoch state)
+Job = tuple[str, str, Architecture, TrainConfig]
+
+
+def train_jobs(todo: list[Job], exp: Experiment, spec: RetrainSpec, out: Path, workers: int, data_for,
+               on_start: OnStart, on_done: OnDone) -> None:
+    """Train and test every job, ``workers`` at a time (a process each, largest first) or, with one
+    worker, here one after the other; each resumes from its last finished epoch. ``data_for(arch)``
+    gives the data here; the processes load theirs with :func:`recipe_data`."""
+    if min(workers, len(todo)) > 1:
+        _train_in_pool(todo, exp, spec, out, workers, on_start, on_done)
+    else:
+        _train_here(todo, out, data_for, on_start, on_done)
+
+
+def _train_here(todo: list[Job], out: Path, data_for, on_start: OnStart, on_done: OnDone) -> None:
     """Train ``todo`` one after the other in this process."""
-    for name, kind, arch in todo:
+    for name, kind, arch, config in todo:
         data = data_for(arch)
         on_start(name, kind, len(data.train))
         res, test_acc, test_loss = train_and_test(arch, data, config, out / name / "weights.pt", keep_state=True)
@@ -374,7 +416,7 @@ class _WorkerTraceback(Exception):
         return self.args[0]
 
 
-def _train_worker(conn, exp: Experiment, spec: RetrainSpec, config, out: str) -> None:
+def _train_worker(conn, exp: Experiment, spec: RetrainSpec, out: str) -> None:
     """A training process: trains the models it is sent, one at a time, until it is sent None.
 
     It loads each input size's data once and keeps it. It ends when its parent does
@@ -392,7 +434,7 @@ def _train_worker(conn, exp: Experiment, spec: RetrainSpec, config, out: str) ->
             return
         if job is None:
             return
-        name, arch = job[0], Architecture.from_dict(job[1])
+        name, arch, config = job[0], Architecture.from_dict(job[1]), job[2]
         try:
             key = (arch.input_size, arch.in_channels)
             if key not in cache:
@@ -417,12 +459,12 @@ class _Slot:
 
     def __init__(self, proc, conn):
         self.proc, self.conn = proc, conn
-        self.job: Optional[tuple[str, str, Architecture]] = None
+        self.job: Optional[Job] = None
 
     def give(self, job) -> None:
         self.job = job
         try:
-            self.conn.send(None if job is None else (job[0], job[2].to_dict()))
+            self.conn.send(None if job is None else (job[0], job[2].to_dict(), job[3]))
         except OSError:  # it died since it last answered; noticed by the caller's wait
             pass
 
@@ -442,13 +484,13 @@ class _Slot:
                             f"(finished models are kept, unfinished ones resume from their last finished epoch)")
 
 
-def largest_first(todo: list[tuple[str, str, Architecture]]) -> list[tuple[str, str, Architecture]]:
+def largest_first(todo: list[Job]) -> list[Job]:
     """``todo`` by decreasing multiply-adds (every model trains for the same epochs on the same images),
     so that the last trainings of a pool end close together."""
     return sorted(todo, key=lambda m: profile(m[2]).mflops, reverse=True)
 
 
-def _train_in_pool(todo, exp: Experiment, spec: RetrainSpec, config, out: Path, workers: int,
+def _train_in_pool(todo: list[Job], exp: Experiment, spec: RetrainSpec, out: Path, workers: int,
                    on_start: OnStart, on_done: OnDone) -> None:
     """Train ``todo`` in ``workers`` processes (spawned, each ending with this one), largest first;
     ``on_start`` / ``on_done`` run here, in this process, as the processes report."""
@@ -459,7 +501,7 @@ def _train_in_pool(todo, exp: Experiment, spec: RetrainSpec, config, out: Path, 
         for _ in range(min(workers, len(queue))):
             mine, theirs = ctx.Pipe()
             # not a daemon: a training may start processes of its own (a streamed dataset's loader workers)
-            proc = ctx.Process(target=_train_worker, args=(theirs, exp, spec, config, str(out)),
+            proc = ctx.Process(target=_train_worker, args=(theirs, exp, spec, str(out)),
                                name="shufflenas-retrain")
             proc.start()
             theirs.close()
@@ -479,7 +521,7 @@ def _train_in_pool(todo, exp: Experiment, spec: RetrainSpec, config, out: Path, 
                     raise slot.died()
                 else:
                     continue
-                name, kind, arch = slot.job
+                name, kind, arch, _ = slot.job
                 if msg[0] == "start":
                     on_start(name, kind, msg[1])
                 elif msg[0] == "done":
@@ -498,17 +540,23 @@ def _train_in_pool(todo, exp: Experiment, spec: RetrainSpec, config, out: Path, 
             slot.conn.close()
 
 
-def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, address: Optional[str] = None,
-            progress: bool = True, log=print) -> dict:
-    """Train, test and re-measure every model; resumable (finished models are skipped).
+def cached_recipe_data(exp: Experiment, spec: RetrainSpec) -> Callable[[Architecture], Any]:
+    """:func:`recipe_data`, loaded once per input size and channels."""
+    cache: dict[tuple[int, int], Any] = {}
 
-    ``address`` (the command line's ``--address``) overrides ``search.ray.address``: where the
-    latency device is (:func:`latency_session`). ``spec.workers`` models train at a time."""
-    run_dir = Path(run_dir)
-    out = RunFolder(run_dir).retrain
-    out.mkdir(parents=True, exist_ok=True)
-    cluster_address(exp, address)  # a wrong --address fails before any work
-    models = _models(run_dir, exp, spec, address=address, log=log)
+    def data_for(arch: Architecture):
+        key = (arch.input_size, arch.in_channels)
+        if key not in cache:
+            cache[key] = recipe_data(exp, spec, arch)
+        return cache[key]
+
+    return data_for
+
+
+def _train_models(out: Path, exp: Experiment, spec: RetrainSpec, models: list[tuple[str, str, Architecture]],
+                  data_for, log=print) -> dict[str, dict]:
+    """Train and test every model of ``models`` not yet in ``out/results.jsonl`` with this recipe
+    (baselines of ``retrain.baselines_from`` are copied instead); the rows of all, by name."""
     results_path = out / "results.jsonl"
     config = TrainConfig(**{"seed": exp.search.seed, **spec.train})
     recipe = _recipe(exp, spec, config.to_dict())
@@ -520,21 +568,13 @@ def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, address:
             done[row["name"]] = row
             log(f"retrain: {row['name']} reused from {row['reused_from']} (same recipe): "
                 f"{row['test_acc']:.4f} test")
-    data_cache: dict[tuple[int, int], Any] = {}
-
-    def data_for(arch: Architecture):
-        key = (arch.input_size, arch.in_channels)
-        if key not in data_cache:
-            data_cache[key] = recipe_data(exp, spec, arch)
-        return data_cache[key]
-
     todo = []
     for name, kind, arch in models:
         if name in done:
             state_path(out / name / "weights.pt").unlink(missing_ok=True)  # left by a kill after its row
             log(f"retrain: {name} already trained ({done[name]['test_acc']:.4f} test), skipped")
         else:
-            todo.append((name, kind, arch))
+            todo.append((name, kind, arch, config))
     started: dict[str, float] = {}
 
     def on_start(name: str, kind: str, train_images: int) -> None:
@@ -563,9 +603,37 @@ def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, address:
         log(f"retrain: {len(todo)} models, {workers} at a time (a process each, {config.threads} thread(s) "
             f"each), largest first" + (f"; that is more threads than this machine's {cores} cores"
                                        if workers * config.threads > cores else ""))
-        _train_in_pool(todo, exp, spec, config, out, workers, on_start, on_done)
-    else:
-        _train_here(todo, config, out, data_for, on_start, on_done)
+    train_jobs(todo, exp, spec, out, workers, data_for, on_start, on_done)
+
+    return done
+
+
+def train_baselines(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, log=print) -> dict[str, dict]:
+    """Train and test only the baselines, into ``RUN_DIR/retrain/`` as :func:`retrain` would.
+
+    They do not depend on the search, so a long comparison can train them first (before the
+    search or beside it on other machines): :func:`retrain` later finds them trained with the
+    same recipe and skips them. Resumable like :func:`retrain`. Returns their rows by name."""
+    out = RunFolder(run_dir).retrain
+    out.mkdir(parents=True, exist_ok=True)
+    models = [(name, "baseline", presets.get(name)) for name in spec.baselines]
+    done = _train_models(out, exp, spec, models, cached_recipe_data(exp, spec), log)
+    return {name: done[name] for name, _, _ in models}
+
+
+def retrain(run_dir: str | Path, exp: Experiment, spec: RetrainSpec, *, address: Optional[str] = None,
+            progress: bool = True, log=print) -> dict:
+    """Train, test and re-measure every model; resumable (finished models are skipped).
+
+    ``address`` (the command line's ``--address``) overrides ``search.ray.address``: where the
+    latency device is (:func:`latency_session`). ``spec.workers`` models train at a time."""
+    run_dir = Path(run_dir)
+    out = RunFolder(run_dir).retrain
+    out.mkdir(parents=True, exist_ok=True)
+    cluster_address(exp, address)  # a wrong --address fails before any work
+    models = _models(run_dir, exp, spec, address=address, log=log)
+    data_for = cached_recipe_data(exp, spec)
+    done = _train_models(out, exp, spec, models, data_for, log)
 
     target, _ = _target_and_protocol(exp)
     latency = {}

@@ -61,7 +61,11 @@ def test_protocol_registers_before_the_run_and_refuses_a_changed_experiment(tmp_
     run = repo / "run"
     proto = json.loads((run / "protocol.json").read_text())
     assert proto["experiment_commit"] == commit and proto["experiment"] == path.name
-    assert all(proto["steps"][s]["done"] for s in ("run", "seeds", "fidelity", "report"))
+    assert all(proto["steps"][s]["done"] for s in ("baselines", "run", "seeds", "fidelity", "report"))
+    # the baseline was trained before the search (first row) and only once: the run's retraining reused it
+    rows = [json.loads(line) for line in (run / "retrain" / "results.jsonl").read_text().splitlines()]
+    assert rows[0]["kind"] == "baseline" and [r["name"] for r in rows].count(rows[0]["name"]) == 1
+    assert proto["steps"]["baselines"]["attempts"][0]["start"] <= proto["steps"]["run"]["attempts"][0]["start"]
     first_trial = min(r.started for r in RunFolder(run).read_records())
     committed = float(_git(repo, "log", "-1", "--format=%ct", commit))
     assert committed <= first_trial

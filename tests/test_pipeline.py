@@ -77,6 +77,26 @@ def _rec(number, acc, ms):
     return TrialRecord(number=number, arch={}, arch_key=str(number), accuracy=acc, latency_ms=ms)
 
 
+def test_a_searched_network_equal_to_a_baseline_is_trained_once_as_the_baseline():
+    from nas.objective import arch_key
+    from nas.records import TrialRecord, fronts
+    from nas.retrain import without_baselines
+    from search_space import presets
+
+    seed = presets.get("shufflenet_v2_x0_5_cifar")
+    assert arch_key(seed) == arch_key(seed.replace(name=None))  # a seed trial's network, whatever its name
+    recs = [_rec(0, 0.5, 1.0), TrialRecord(number=1, arch=seed.to_dict(), arch_key=arch_key(seed.replace(name=None)),
+                                           accuracy=0.6, latency_ms=2.0),
+            _rec(2, 0.45, 1.5), _rec(3, 0.55, 2.5), _rec(4, 0.4, 3.0)]
+    layers = fronts(recs, ["accuracy", "latency_ms"], 5)
+    assert [[r.number for r in layer] for layer in layers] == [[0, 1], [2, 3], [4]]
+    base = [("shufflenet_v2_x0_5_cifar", "baseline", seed)]
+    kept, records, twins = without_baselines(layers, recs, base, 3)
+    assert [[r.number for r in layer] for layer in kept] == [[0], [2, 3]]  # cut again at 3 networks
+    assert [r.number for r in records] == [0, 2, 3, 4] and twins == [(1, "shufflenet_v2_x0_5_cifar")]
+    assert without_baselines(layers, recs, [], 3) == (layers[:2], recs, [])  # no baseline: unchanged
+
+
 def test_pick_matches_each_baseline_then_spreads():
     from nas.retrain import pick_candidates
 

@@ -10,17 +10,23 @@ another committed file; its results go to a ``results/`` folder beside it):
    ``RUN_DIR/protocol.json`` before anything runs. A later run of this script refuses
    an experiment file that differs from the recorded one: a redo needs a new output
    folder and a note in experiments/README.md with both results.
-2. ``run``: ``shufflenas run experiment.yaml`` -- the search, its export, then the
-   search's front plus the declared rivals and the baselines retrained with the one
-   recipe, each tested once on the test split when its training ends, latencies
-   re-measured together, the deploy folder of trained networks.
-3. ``seeds``: every (searched, baseline) verdict pair whose test accuracies lie within
+2. ``baselines``: the hand-designed baselines trained with the final recipe and tested
+   once, into ``RUN_DIR/retrain/`` (``nas.retrain.train_baselines``). They do not depend
+   on the search, so they train first: hours of training that can run in any session on
+   any machine, while the search, whose measured latencies should come from one
+   machine, then runs in one go.
+3. ``run``: ``shufflenas run experiment.yaml`` -- the search, its export, then the
+   search's front plus the declared rivals retrained with the same recipe (the
+   baselines are found trained and skipped), each tested once on the test split when
+   its training ends, latencies re-measured together, the deploy folder of trained
+   networks.
+4. ``seeds``: every (searched, baseline) verdict pair whose test accuracies lie within
    1.5 points is retrained with seeds 1 and 2 (seed 0 is the run's own), and the paired
    difference gets its 95% CI (``experiments/seed_check.py``).
-4. ``fidelity``: how well the search's own accuracy signal ranked the retrained
+5. ``fidelity``: how well the search's own accuracy signal ranked the retrained
    networks: Kendall tau, Spearman rho (with p-values) and top-k overlap between the
    search-time score and the final validation accuracy (never the test accuracy).
-5. ``report``: the table, plot, verdicts, seed checks, fidelity and the wall time of
+6. ``report``: the table, plot, verdicts, seed checks, fidelity and the wall time of
    every step, copied into ``results/`` beside this script for committing.
 
 Only validation data steers anything; the test split is read once per network.
@@ -39,7 +45,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SEED_CHECK = HERE.parent / "seed_check.py"
-STEPS = ("register", "run", "seeds", "fidelity", "report")
+STEPS = ("register", "baselines", "run", "seeds", "fidelity", "report")
 WITHIN = 0.015  # pairs closer than 1.5 points get more training seeds
 TOP_K = 3
 
@@ -107,6 +113,14 @@ def timed(run_dir: Path, proto: dict, name: str, fn, code_commit: str) -> None:
 
 def shufflenas(*args: str) -> None:
     subprocess.run([str(Path(sys.executable).with_name("shufflenas")), *args], check=True)
+
+
+def baselines_step(experiment: Path, run_dir: Path) -> None:
+    from nas.experiment import load_experiment
+    from nas.retrain import train_baselines
+
+    exp = load_experiment(experiment)
+    train_baselines(run_dir, exp, exp.retrain, log=lambda m: print(m, flush=True))
 
 
 def close_pairs(summary: dict) -> list[tuple[str, str]]:
@@ -190,7 +204,8 @@ def main(argv=None) -> int:
     run_dir = Path(load_experiment(experiment).output)
     proto = register(experiment, run_dir, load_protocol(run_dir))
     code = git(HERE, "rev-parse", "HEAD")
-    steps = {"run": lambda: shufflenas("run", str(experiment)),
+    steps = {"baselines": lambda: baselines_step(experiment, run_dir),
+             "run": lambda: shufflenas("run", str(experiment)),
              "seeds": lambda: seeds_step(experiment, run_dir),
              "fidelity": lambda: fidelity(run_dir),
              "report": lambda: report(run_dir, proto, experiment.parent / "results")}
