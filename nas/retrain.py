@@ -426,7 +426,7 @@ def _train_worker(conn, exp: Experiment, spec: RetrainSpec, out: str) -> None:
     """
     exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cache: dict[tuple[int, int], Any] = {}
+    data_for = cached_recipe_data(exp, spec)
     while True:
         try:
             job = conn.recv()
@@ -436,10 +436,7 @@ def _train_worker(conn, exp: Experiment, spec: RetrainSpec, out: str) -> None:
             return
         name, arch, config = job[0], Architecture.from_dict(job[1]), job[2]
         try:
-            key = (arch.input_size, arch.in_channels)
-            if key not in cache:
-                cache[key] = recipe_data(exp, spec, arch)
-            data = cache[key]
+            data = data_for(arch)
             conn.send(("start", len(data.train)))
             res, test_acc, test_loss = train_and_test(arch, data, config, Path(out) / name / "weights.pt",
                                                       keep_state=True)
