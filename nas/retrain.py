@@ -161,6 +161,7 @@ def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, address: Optio
     if not layers:
         raise ExperimentError(f"{run_dir}: the run has no feasible completed trial to retrain")
     layers, records, twins = without_baselines(layers, records, baselines, spec.candidates)
+    same_as_baseline = {f"trial{n}": b for n, b in twins}
     if twins:
         log("retrain: " + ", ".join(f"trial{n} is {b}" for n, b in twins)
             + ": trained once, as the baseline")
@@ -168,7 +169,7 @@ def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, address: Optio
         log("retrain: every searched network to retrain is a baseline; only the baselines are trained")
         atomic_write_json(saved, {"candidates": spec.candidates, "rival_band": spec.rival_band,
                                   "rivals": spec.rivals, "searched": [],
-                                  "same_as_baseline": {f"trial{n}": b for n, b in twins}})
+                                  "same_as_baseline": same_as_baseline})
         return baselines
     front, more = layers[0], layers[1:]
     members = [r for layer in layers for r in layer]
@@ -193,7 +194,7 @@ def _models(run_dir: Path, exp: Experiment, spec: RetrainSpec, *, address: Optio
                  "search_latency_ms": r.latency_ms, "measured_ms": searched_ms[r.number],
                  "pareto_layer": layer_of.get(r.number), "arch": r.arch} for r in picks]
     atomic_write_json(saved, {"candidates": spec.candidates, "rival_band": spec.rival_band, "rivals": spec.rivals,
-                              "searched": searched, "same_as_baseline": {f"trial{n}": b for n, b in twins},
+                              "searched": searched, "same_as_baseline": same_as_baseline,
                               "baselines_ms": base_ms,
                               "searched_ms": {str(k): v for k, v in searched_ms.items()}})
     return [(m["name"], "searched", Architecture.from_dict(m["arch"])) for m in searched] + baselines
