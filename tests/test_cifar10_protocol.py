@@ -91,3 +91,27 @@ def test_protocol_registers_before_the_run_and_refuses_a_changed_experiment(tmp_
     refused = _protocol(path)
     assert refused.returncode != 0 and "changed since the run was registered" in refused.stderr
     assert (run / "protocol.json").read_text() == before
+
+
+def test_a_killed_step_keeps_its_wall_time_up_to_the_last_heartbeat(tmp_path):
+    """A session's end SIGKILLs the step; its time so far must still be in protocol.json."""
+    script = f"""
+import os, signal, sys, time
+sys.path.insert(0, {str(PROTOCOL.parent)!r})
+import protocol
+protocol.HEARTBEAT_S = 0.05
+from pathlib import Path
+run = Path({str(tmp_path)!r})
+proto = {{"steps": {{}}}}
+def work():
+    time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGKILL)
+protocol.timed(run, proto, "baselines", work, "abc")
+"""
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    step = json.loads((tmp_path / "protocol.json").read_text())["steps"]["baselines"]
+    assert not step.get("done")
+    (attempt,) = step["attempts"]
+    assert attempt["code_commit"] == "abc" and "last_seen" in attempt
+    assert 0.0 < attempt["seconds"] <= step["seconds"]  # the start saves 0.0; only a beat saves more

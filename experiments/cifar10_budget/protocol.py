@@ -40,6 +40,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +49,7 @@ SEED_CHECK = HERE.parent / "seed_check.py"
 STEPS = ("register", "baselines", "run", "seeds", "fidelity", "report")
 WITHIN = 0.015  # pairs closer than 1.5 points get more training seeds
 TOP_K = 3
+HEARTBEAT_S = 60.0  # how often a running step's wall time is saved
 
 
 def git(where: Path, *args: str) -> str:
@@ -93,7 +95,9 @@ def register(experiment: Path, run_dir: Path, proto: dict) -> dict:
 
 
 def timed(run_dir: Path, proto: dict, name: str, fn, code_commit: str) -> None:
-    """Run one step and add its wall time (summed over resumed attempts) to protocol.json."""
+    """Run one step and record its wall time in protocol.json: per attempt, and summed over the
+    attempts. A session's end kills the step, so the running attempt's time is saved every
+    ``HEARTBEAT_S`` seconds (``last_seen``) and a killed attempt still counts up to its last beat."""
     step = proto["steps"].setdefault(name, {"seconds": 0.0, "attempts": []})
     if step.get("done") and name != "report":  # the report is cheap: always rewritten
         print(f"protocol: {name} already done ({step['seconds'] / 3600:.2f} h)", flush=True)
@@ -101,14 +105,27 @@ def timed(run_dir: Path, proto: dict, name: str, fn, code_commit: str) -> None:
     t0 = time.time()
     attempt = {"start": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code_commit": code_commit}
     step["attempts"].append(attempt)
-    save_protocol(run_dir, proto)
+    lock, stop = threading.Lock(), threading.Event()
+
+    def save_time() -> None:
+        with lock:
+            attempt["seconds"] = round(time.time() - t0, 1)
+            attempt["last_seen"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            step["seconds"] = round(sum(a.get("seconds", 0.0) for a in step["attempts"]), 1)
+            save_protocol(run_dir, proto)
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            save_time()
+
+    save_time()
+    threading.Thread(target=beat, daemon=True).start()
     try:
         fn()
         step["done"] = True
     finally:
-        attempt["seconds"] = round(time.time() - t0, 1)
-        step["seconds"] = round(step["seconds"] + attempt["seconds"], 1)
-        save_protocol(run_dir, proto)
+        stop.set()
+        save_time()
 
 
 def shufflenas(*args: str) -> None:
