@@ -107,8 +107,10 @@ def timed(run_dir: Path, proto: dict, name: str, fn, code_commit: str) -> None:
     step["attempts"].append(attempt)
     lock, stop = threading.Lock(), threading.Event()
 
-    def save_time() -> None:
-        with lock:
+    def save_time(done: bool = False) -> None:
+        with lock:  # also keeps the step's dict still while the heartbeat serialises it
+            if done:
+                step["done"] = True
             attempt["seconds"] = round(time.time() - t0, 1)
             attempt["last_seen"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             step["seconds"] = round(sum(a.get("seconds", 0.0) for a in step["attempts"]), 1)
@@ -120,12 +122,13 @@ def timed(run_dir: Path, proto: dict, name: str, fn, code_commit: str) -> None:
 
     save_time()
     threading.Thread(target=beat, daemon=True).start()
+    finished = False
     try:
         fn()
-        step["done"] = True
+        finished = True
     finally:
         stop.set()
-        save_time()
+        save_time(done=finished)
 
 
 def shufflenas(*args: str) -> None:
